@@ -1,0 +1,35 @@
+# Two commands for a new user: `make demo` (the main job) and `make test`.
+# Each sets up its own virtual environment on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lfi-installed
+
+.PHONY: setup test lint demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# Pinned: the CPU build of torch lies on disk; any other request pulls CUDA wheels.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[teacher,student,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check services shared tests bench scripts
+
+test: $(STAMP)
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server) || echo "redis-server missing: service tests will be skipped"
+	$(BIN)/ruff check services shared tests bench scripts
+	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	$(BIN)/lfi teacher demo --out artifacts/demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/teacher_extract.py
+
+clean:
+	rm -rf artifacts .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The lfi services: teacher, student, dashboard. Each depends on `shared` only."""

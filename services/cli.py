@@ -1,0 +1,80 @@
+"""`lfi`: one command line for every service. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+from services.teacher.cli import teacher_app
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="lfi: learning from VLM interactions.")
+app.add_typer(teacher_app, name="teacher")
+
+
+@app.command("maps")
+def maps(
+    dataset: Path = typer.Argument(..., help="Image folder (one sub-folder per class gives the labels)."),
+    export: Path = typer.Option(None, help="Also write a portable map store here."),
+    grid: str = typer.Option(None, help="Resample to HxW, e.g. 14x14."),
+    task: str = typer.Option("classification"),
+    prompt: str = typer.Option(None, help="Prompt template id (default per task)."),
+    vocabulary_from_folders: bool = typer.Option(False, help="Let the VLM choose among the folder names."),
+    batch_size: int = typer.Option(32, help="Images per request to the teacher."),
+    teacher_url: str = typer.Option(None, help="Default: LFI_TEACHER_URL."),
+) -> None:
+    """Precompute maps for a folder through the teacher (bulk priority, resumable)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from services.teacher.bulk import BulkOptions, find_images, precompute
+    from shared.settings import get_settings
+    from shared.teacher_client import TeacherClient, TeacherUnavailable
+
+    console = Console(stderr=True)
+    if not dataset.is_dir():
+        console.print(f"[red]error:[/red] {dataset} is not a folder")
+        raise typer.Exit(2)
+    settings = get_settings()
+    parsed_grid = None
+    if grid:
+        try:
+            parsed_grid = tuple(int(v) for v in grid.lower().split("x"))
+        except ValueError:
+            console.print(f"[red]error:[/red] grid {grid!r} must look like 14x14")
+            raise typer.Exit(2) from None
+    folders = sorted({p.parent.name for p in find_images(dataset) if p.parent != dataset})
+    options = BulkOptions(task=task, label_from_folder=not vocabulary_from_folders,
+                          vocabulary=folders if vocabulary_from_folders else None, prompt=prompt, grid=parsed_grid,
+                          batch_size=batch_size)
+    client = TeacherClient(teacher_url or settings.teacher_url, settings.teacher_key)
+    columns = (TextColumn("maps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task("maps", total=len(find_images(dataset)))
+            report = precompute(client, dataset, options, export=export,
+                                progress=lambda n: progress.advance(bar, n))
+    except (TeacherUnavailable, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
+    summary = {"images": report.images, "computed": report.computed, "cached": report.cached,
+               "unreadable": len(report.unreadable), "failed": len(report.failed), "exported": report.exported}
+    print(json.dumps(summary))
+    for rel, why in report.failed.items():
+        console.print(f"[yellow]failed[/yellow] {rel}: {why}")
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format='{"ts": "%(asctime)s", "level": "%(levelname)s", "logger": "%(name)s", "msg": "%(message)s"}',
+    )
+
+
+if __name__ == "__main__":
+    app()

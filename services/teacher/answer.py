@@ -1,0 +1,206 @@
+"""The answer step: what the VLM says, token by token, before we look at its attention.
+
+Three ways an answer starts (the template decides the words):
+- forced:     the label is known; the template's answer is written up to the
+              background part and the model writes only the rest;
+- vocabulary: the model chooses the foreground word, constrained to the
+              vocabulary's token sequences (a trie), then writes the background;
+- free:       the model writes everything (prompts 2 and 3).
+Prompts are tokenised as whole strings and split where the token sequences of
+the alternatives diverge, so no tokenizer's boundary merges can misalign them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from services.teacher.prompts import PromptTemplate
+
+
+@dataclass
+class TokenTrie:
+    """Token sequences the model may choose between; a node with `end` completes a choice."""
+
+    children: dict[int, TokenTrie] = field(default_factory=dict)
+    end: bool = False
+
+    @classmethod
+    def build(cls, sequences: Sequence[Sequence[int]]) -> TokenTrie:
+        root = cls()
+        for seq in sequences:
+            node = root
+            for token in seq:
+                node = node.children.setdefault(token, cls())
+            node.end = True
+        return root
+
+    def walk(self, tokens: Sequence[int]) -> tuple[TokenTrie | None, int]:
+        """Follow `tokens`; returns the node still choosing (None once a choice is complete) and its depth."""
+        node = self
+        for depth, token in enumerate(tokens):
+            if node.end or token not in node.children:
+                return None, depth
+            node = node.children[token]
+        return (None, len(tokens)) if node.end else (node, len(tokens))
+
+
+@dataclass
+class AnswerPlan:
+    """One sequence for the VLM: its prompt ids (image token once) and how its answer proceeds."""
+
+    prompt_ids: list[int]
+    answer_start: int  # index in prompt_ids where the answer (forced part) begins
+    template: PromptTemplate
+    trie: TokenTrie | None = None
+    vocabulary: list[str] | None = None
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def plan_answer(
+    tokenizer, template: PromptTemplate, chat_text: str, *, label: str | None, vocabulary: list[str] | None
+) -> AnswerPlan:
+    base = tokenizer(chat_text).input_ids
+    if label is not None and template.forced_prefix is not None:
+        full = tokenizer(chat_text + template.forced_prefix.format(label=label)).input_ids
+        return AnswerPlan(full, _common_prefix(base, full), template)
+    if template.uses_vocabulary and vocabulary:
+        candidates = tokenizer(
+            [chat_text + template.choice_prefix + word + template.choice_suffix for word in vocabulary]
+        ).input_ids
+        shared = min(_common_prefix(candidates[0], c) for c in candidates)
+        if len(candidates) == 1:
+            shared = _common_prefix(base, candidates[0])
+        start = min(shared, _common_prefix(base, candidates[0]))
+        trie = TokenTrie.build([c[shared:] for c in candidates])
+        return AnswerPlan(candidates[0][:shared], start, template, trie=trie, vocabulary=vocabulary)
+    return AnswerPlan(base, len(base), template)
+
+
+class VocabularyConstraint(LogitsProcessor):
+    """Masks every token outside the trie while a row is still choosing its foreground word."""
+
+    def __init__(self, plans: Sequence[AnswerPlan], prompt_len: int) -> None:
+        self.plans = plans
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, plan in enumerate(self.plans):
+            if plan.trie is None:
+                continue
+            node, _ = plan.trie.walk(input_ids[row, self.prompt_len:].tolist())
+            if node is not None:
+                allowed = torch.tensor(list(node.children), device=scores.device)
+                keep = scores[row, allowed].clone()
+                scores[row].fill_(float("-inf"))
+                scores[row, allowed] = keep
+        return scores
+
+
+class StopAtCharacters(StoppingCriteria):
+    """Ends a row once its free part holds a stop character or reaches the template's token budget.
+
+    Per-row budgets keep a row's answer independent of what else is in its batch.
+    """
+
+    def __init__(self, plans: Sequence[AnswerPlan], prompt_len: int, tokenizer) -> None:
+        self.plans = plans
+        self.prompt_len = prompt_len
+        self.tokenizer = tokenizer
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row, plan in enumerate(self.plans):
+            generated = input_ids[row, self.prompt_len:].tolist()
+            free = free_part(plan, generated)
+            if len(free) >= plan.template.max_new_tokens:
+                done[row] = True
+            elif plan.template.stop_chars and free:
+                text = self.tokenizer.decode(free)
+                done[row] = any(c in text for c in plan.template.stop_chars)
+        return done
+
+
+def free_part(plan: AnswerPlan, generated: Sequence[int]) -> list[int]:
+    if plan.trie is None:
+        return list(generated)
+    node, depth = plan.trie.walk(generated)
+    return [] if node is not None else list(generated[depth:])
+
+
+def trim_generated(plan: AnswerPlan, generated: Sequence[int], tokenizer) -> list[int]:
+    """Cut a row's new tokens after EOS/padding and after the token that closed the free part."""
+    special = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    tokens: list[int] = []
+    for token in generated:
+        if token in special:
+            break
+        tokens.append(token)
+    constrained = len(tokens) - len(free_part(plan, tokens))
+    tokens = tokens[: constrained + plan.template.max_new_tokens]
+    if plan.template.stop_chars:
+        for i in range(constrained, len(tokens)):
+            if any(c in tokenizer.decode(tokens[constrained : i + 1]) for c in plan.template.stop_chars):
+                return tokens[: i + 1]
+    return tokens
+
+
+def token_offsets(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+    """The decoded text of `ids` and each token's character span in it (any tokenizer)."""
+    text = tokenizer.decode(ids)
+    offsets: list[tuple[int, int]] = []
+    previous = 0
+    for i in range(len(ids)):
+        end = len(tokenizer.decode(ids[: i + 1]))
+        end = min(max(end, previous), len(text))
+        offsets.append((previous, end))
+        previous = end
+    return text, offsets
+
+
+def max_new_tokens(plans: Sequence[AnswerPlan]) -> int:
+    depth = 0
+    for plan in plans:
+        if plan.trie is not None:
+            depth = max(depth, _trie_depth(plan.trie))
+    return depth + max(plan.template.max_new_tokens for plan in plans)
+
+
+def _trie_depth(node: TokenTrie) -> int:
+    return 1 + max((_trie_depth(child) for child in node.children.values()), default=-1) if node.children else 0
+
+
+class TransformersAnswerer:
+    """Greedy answers with `model.generate` on left-padded batches."""
+
+    name = "transformers"
+
+    def __init__(self, model, tokenizer) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @torch.no_grad()
+    def generate(self, plans: Sequence[AnswerPlan], batch: dict[str, torch.Tensor], images=None) -> list[list[int]]:
+        prompt_len = batch["input_ids"].shape[1]
+        output = self.model.generate(
+            **batch,
+            do_sample=False,
+            max_new_tokens=max_new_tokens(plans),
+            logits_processor=LogitsProcessorList([VocabularyConstraint(plans, prompt_len)]),
+            stopping_criteria=StoppingCriteriaList([StopAtCharacters(plans, prompt_len, self.tokenizer)]),
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        return [trim_generated(plan, output[row, prompt_len:].tolist(), self.tokenizer)
+                for row, plan in enumerate(plans)]

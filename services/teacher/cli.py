@@ -1,0 +1,234 @@
+"""`lfi teacher ...`: build the offline checkpoint, extract maps, run the demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+teacher_app = typer.Typer(no_args_is_help=True, help="The VLM teacher: interaction maps from LLaVA-1.5.")
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@teacher_app.command("build-tiny")
+def build_tiny(
+    out_dir: Path = typer.Argument(..., help="Folder to write the checkpoint to."),
+    preset: str = typer.Option("tiny", help="tiny | tiny-gqa | cpu-bench | llava-1.5-7b-geometry"),
+    seed: int = typer.Option(0, help="Weights and everything else follow from this seed."),
+    device: str = typer.Option("cpu", help="Build straight onto this device (cuda for the 7B geometry)."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
+) -> None:
+    """Write an offline LLaVA-1.5-architecture checkpoint that from_pretrained loads."""
+    from services.teacher.loading import parse_dtype
+    from services.teacher.tiny import PRESETS, build_tiny_checkpoint
+
+    if preset not in PRESETS:
+        _fail(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    with console.status(f"building {preset} checkpoint in {out_dir} ..."):
+        path = build_tiny_checkpoint(out_dir, preset, seed=seed, device=device, dtype=parse_dtype(dtype))
+    size = sum(f.stat().st_size for f in path.iterdir()) / 1e6
+    console.print(f"[green]built[/green] {path} ({size:.1f} MB)")
+
+
+def _parse_box(text: str):
+    from shared.schemas import Box
+
+    try:
+        coords, label = text.split(":", 1)
+        x0, y0, x1, y1 = (float(v) for v in coords.split(","))
+        return Box(xyxy=(x0, y0, x1, y1), label=label)
+    except ValueError as exc:
+        _fail(f"box {text!r} must look like x0,y0,x1,y1:label ({exc})")
+
+
+def _parse_grid(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        _fail(f"grid {text!r} must look like 14x14")
+    return h, w
+
+
+@teacher_app.command("extract")
+def extract(
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    model: str = typer.Option(None, help="Hub id, folder or builtin:<preset> (default: LFI_TEACHER_MODEL)."),
+    task: str = typer.Option("classification", help="classification | detection | segmentation"),
+    label: str = typer.Option(None, help="Force the foreground word."),
+    vocabulary: str = typer.Option(None, help="Comma-separated words the VLM chooses the foreground from."),
+    box: list[str] = typer.Option(None, help="x0,y0,x1,y1:label (dense tasks; repeat for more boxes)."),
+    prompt: str = typer.Option(None, help="Prompt template id (default per task)."),
+    grid: str = typer.Option(None, help="Resample to HxW, e.g. 14x14."),
+    layers: str = typer.Option(None, help="Comma-separated text layers to average (default all)."),
+    out: Path = typer.Option(Path("maps"), help="Writes <name>.npy, <name>-map.png and results.jsonl here."),
+    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
+    device: str = typer.Option("cpu"),
+    dtype: str = typer.Option("float32"),
+) -> None:
+    """Compute interaction maps for image files and save them with overlays."""
+    from services.teacher.engine import ExtractionSettings, InteractionEngine, InteractionRequest
+    from services.teacher.overlay import overlay
+    from services.teacher.tiny import resolve_model
+    from shared.errors import LfiError
+    from shared.images import decode_image
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    try:
+        layer_ids = tuple(int(v) for v in layers.split(",")) if layers else None
+        model_dir = resolve_model(model or settings.teacher_model, settings.cache_dir)
+        engine = InteractionEngine.from_pretrained(
+            model_dir, device=device, dtype=dtype, settings=ExtractionSettings(layers=layer_ids),
+            max_batch_size=batch_size,
+        )
+    except LfiError as exc:
+        _fail(exc.message)
+    except ValueError:
+        _fail(f"--layers {layers!r} must be comma-separated integers")
+    out.mkdir(parents=True, exist_ok=True)
+    words = [w.strip() for w in vocabulary.split(",")] if vocabulary else None
+    boxes = [_parse_box(b) for b in box or []]
+    table = Table("image", "answer", "status", "degenerate")
+    with Progress(console=console) as progress, (out / "results.jsonl").open("a") as log:
+        bar = progress.add_task("extracting", total=len(images))
+        for path in images:
+            try:
+                image = decode_image(path.read_bytes())
+                result = engine.extract(InteractionRequest(
+                    image=image, task=task, label=label, vocabulary=words, boxes=boxes, prompt=prompt,
+                    grid=_parse_grid(grid),
+                ))
+            except (LfiError, OSError) as exc:
+                message = exc.message if isinstance(exc, LfiError) else str(exc)
+                table.add_row(path.name, f"[red]{message}[/red]", "error", "-")
+                progress.advance(bar)
+                continue
+            import numpy as np
+
+            np.save(out / f"{path.stem}.npy", result.map)
+            overlay(image, result.map).save(out / f"{path.stem}-map.png")
+            log.write(json.dumps({"image": str(path), "answer": result.answer,
+                                  "status": result.answer_status.value, "degenerate": result.degenerate,
+                                  "model": result.model.id, "revision": result.model.revision,
+                                  "prompt": result.prompt, "shape": list(result.map.shape)}) + "\n")
+            table.add_row(path.name, result.answer, result.answer_status.value, str(result.degenerate))
+            progress.advance(bar)
+    Console().print(table)
+
+
+@teacher_app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("artifacts/demo"), help="Where images, maps and overlays go."),
+    n_images: int = typer.Option(6, help="How many synthetic images."),
+) -> None:
+    """Build the tiny teacher if needed, then show where it looks on synthetic images."""
+    from services.teacher.demo import run_demo
+    from services.teacher.tiny import resolve_model
+    from shared.errors import LfiError
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    try:
+        with console.status(f"preparing teacher {settings.teacher_model} ..."):
+            model_dir = resolve_model(settings.teacher_model, settings.cache_dir)
+        with Progress(console=console) as progress:
+            bar = progress.add_task("interaction maps", total=n_images)
+            rows = run_demo(model_dir, out, n_images=n_images, progress=lambda: progress.advance(bar))
+    except LfiError as exc:
+        _fail(exc.message)
+    table = Table("image", "truth", "VLM answer", "status", "degenerate", "ms")
+    for row in rows:
+        table.add_row(row["image"], row["truth"], row["answer"], row["status"], str(row["degenerate"]),
+                      str(row["compute_ms"]))
+    Console().print(table)
+    console.print(f"overlays and maps in [bold]{out}[/bold] (model {model_dir})")
+    if settings.teacher_model.startswith("builtin:"):
+        console.print("[yellow]note:[/yellow] the built-in tiny teacher has random weights: the machinery is "
+                      "real, its answers and maps are not meaningful. Set LFI_TEACHER_MODEL to a LLaVA-1.5 "
+                      "checkpoint (e.g. llava-hf/llava-1.5-7b-hf) for real maps.")
+
+
+@teacher_app.command("serve")
+def serve(
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8100),
+    model: str = typer.Option(None, help="Hub id, folder or builtin:<preset> (default: LFI_TEACHER_MODEL)."),
+    device: str = typer.Option("cpu"),
+    dtype: str = typer.Option("float32"),
+    max_batch_size: int = typer.Option(8, help="Sequences per GPU batch."),
+    max_wait_ms: float = typer.Option(10.0, help="How long a batch may wait to fill (0: dynamic batching off)."),
+    max_queue: int = typer.Option(1024, help="Queued requests per team before 503."),
+    answer_backend: str = typer.Option("transformers", help="transformers | vllm"),
+    max_pixels: int = typer.Option(40_000_000, help="Largest image accepted (pixels)."),
+    max_body_mb: int = typer.Option(64, help="Largest request body accepted (MiB)."),
+    layers: str = typer.Option(None, help="Comma-separated text layers averaged into maps (default all)."),
+    head_reduce: str = typer.Option("mean", help="mean | max over heads."),
+) -> None:
+    """Serve /interactions over HTTP (needs LFI_TEAMS_FILE; Redis at LFI_REDIS_URL, optional)."""
+    import uvicorn
+
+    from services.teacher.app import TeacherConfig, create_app
+    from services.teacher.engine import ExtractionSettings
+    from services.teacher.tiny import resolve_model
+    from shared.errors import LfiError
+    from shared.settings import get_settings
+    from shared.teams import TeamDirectory
+
+    settings = get_settings()
+    if settings.teams_file is None:
+        _fail("set LFI_TEAMS_FILE to a teams YAML file (see README; `lfi teacher team-key NAME` makes an entry)")
+    try:
+        teams = TeamDirectory.load(settings.teams_file)
+    except ValueError as exc:
+        _fail(f"teams file {settings.teams_file}: {exc}")
+    from services.teacher.loading import check_model_reference, parse_dtype
+
+    try:
+        model_dir = resolve_model(model or settings.teacher_model, settings.cache_dir)
+        check_model_reference(model_dir)
+        parse_dtype(dtype)
+    except (LfiError, ValueError) as exc:
+        _fail(getattr(exc, "message", str(exc)))
+    config = TeacherConfig(
+        model=model_dir, redis_url=settings.redis_url,
+        teams=teams, dtype=dtype, device=device, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+        max_queue_per_team=max_queue, answer_backend=answer_backend, max_pixels=max_pixels,
+        max_body_bytes=max_body_mb * 1024 * 1024,
+    )
+    try:
+        config.extraction = ExtractionSettings(
+            layers=tuple(int(v) for v in layers.split(",")) if layers else None, head_reduce=head_reduce)
+    except (LfiError, ValueError) as exc:
+        _fail(f"--layers/--head-reduce: {exc}")
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+
+
+@teacher_app.command("team-key")
+def team_key(name: str = typer.Argument(..., help="Team name ([a-z0-9-]+)."),
+             weight: float = 1.0, rate_per_s: float = 50.0, daily_quota: int = 100_000) -> None:
+    """Make a new bearer key and print the teams-file entry that holds its hash."""
+    import secrets
+
+    from shared.teams import Team, hash_key
+
+    key = "lfi_" + secrets.token_urlsafe(24)
+    try:
+        team = Team(name=name, key_sha256=hash_key(key), weight=weight, rate_per_s=rate_per_s,
+                    daily_quota=daily_quota)
+    except ValueError as exc:
+        _fail(str(exc))
+    console.print(f"bearer key for {name} (shown once, store it): [bold]{key}[/bold]")
+    import yaml
+
+    print(yaml.safe_dump({"teams": [team.model_dump()]}, sort_keys=False).rstrip())

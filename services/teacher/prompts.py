@@ -1,0 +1,159 @@
+"""Versioned prompt templates (the paper's appendix §8) and their answer parsers.
+
+A template fixes the question, how the answer starts when the label is forced,
+and how the foreground / background words are found in the answer text. The
+id and version go into every cache key: changing wording means a new version.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from shared.schemas import Task
+
+
+class AnswerStatus(StrEnum):
+    ok = "ok"
+    no_background = "no-background"  # foreground found, background missing: map from C_fore alone
+    off_vocabulary = "off-vocabulary"  # foreground word not in the given vocabulary (free answer)
+    malformed = "malformed"  # no foreground word found: the map is degenerate
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    status: AnswerStatus
+    foreground: list[Span]
+    background: list[Span]
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    id: str
+    version: int
+    tasks: tuple[Task, ...]
+    text: str
+    # How the answer begins when the foreground is forced ("{label}" filled in) and
+    # when the foreground is chosen from a vocabulary (the word goes between).
+    forced_prefix: str | None = None
+    choice_prefix: str | None = None
+    choice_suffix: str | None = None
+    # Characters that end the free part the model writes after the forced prefix.
+    stop_chars: str = ""
+    uses_vocabulary: bool = False
+    max_new_tokens: int = 16
+
+    def question(self, *, vocabulary: list[str] | None = None, target: str | None = None) -> str:
+        text = self.text
+        if target is not None:
+            text = text.replace("{tgt_obj}", target)
+        if self.uses_vocabulary and vocabulary:
+            text = f"{text} {', '.join(vocabulary)}."
+        return text
+
+
+_FG_BG = (
+    "If you are doing an image classification task, what is the foreground and what is the background? "
+    "The answer format is as follows: {'foreground':{}, 'background':{}}. "
+    "Please choose the foreground word from the list below:"
+)
+_DENSE = (
+    "If you are doing an object detection task, please tell me if there is/are {tgt_obj} in this image. "
+    "The answer format is as follows: Yes, there is/are {tgt_obj} in the image, "
+    "and the background is {background}."
+)
+
+TEMPLATES: dict[str, PromptTemplate] = {
+    t.id: t
+    for t in (
+        # Prompt 1 of the paper, its best (Table 8).
+        PromptTemplate(
+            id="fg-bg-vocab", version=1, tasks=(Task.classification,), text=_FG_BG,
+            forced_prefix=" {{'foreground': '{label}', 'background': '",
+            choice_prefix=" {'foreground': '", choice_suffix="', 'background': '",
+            stop_chars="'}\n", uses_vocabulary=True, max_new_tokens=12,
+        ),
+        # Prompt 2: the whole short answer is the foreground; there is no background term.
+        PromptTemplate(
+            id="single-word", version=1, tasks=(Task.classification,),
+            text="If you are doing an image classification task, What is the object in the picture? "
+            "Answer the question using a single word or phrase.",
+            forced_prefix=" {label}", stop_chars="\n", max_new_tokens=6,
+        ),
+        # Prompt 3: every word of the description counts (the paper takes their mean).
+        PromptTemplate(
+            id="describe", version=1, tasks=(Task.classification,),
+            text="Please describe the object in the picture in detail.", max_new_tokens=48,
+        ),
+        # The dense prompt; boxes are drawn on the image as the visual prompt.
+        PromptTemplate(
+            id="dense-visual", version=1, tasks=(Task.detection, Task.segmentation), text=_DENSE,
+            forced_prefix=" Yes, there is/are {label} in the image, and the background is",
+            stop_chars=".\n", max_new_tokens=12,
+        ),
+    )
+}
+
+DEFAULT_TEMPLATE = {Task.classification: "fg-bg-vocab", Task.detection: "dense-visual",
+                    Task.segmentation: "dense-visual"}
+
+_WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*", re.UNICODE)
+_FG_BG_RE = re.compile(
+    r"['\"]?foreground['\"]?\s*:\s*\{?\s*['\"]?(?P<fore>[^'\"{},]*?)['\"]?\s*\}?\s*,"
+    r"\s*['\"]?background['\"]?\s*:\s*\{?\s*['\"]?(?P<back>[^'\"{}]*)",
+    re.IGNORECASE,
+)
+_FG_ONLY_RE = re.compile(r"['\"]?foreground['\"]?\s*:\s*\{?\s*['\"]?(?P<fore>[^'\"{},]+)", re.IGNORECASE)
+_DENSE_RE = re.compile(
+    r"there\s+(?:is/are|is|are)\s+(?P<fore>.+?)\s+in\s+the\s+image"
+    r"(?:.*?background\s+is\s*(?P<back>[^.\n]*))?",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _words(text: str, start: int, end: int) -> list[Span]:
+    """Spans of the words in text[start:end]: punctuation and quotes are never selected."""
+    return [Span(start + m.start(), start + m.end()) for m in _WORD.finditer(text[start:end])]
+
+
+def parse_answer(template: PromptTemplate, text: str, vocabulary: list[str] | None = None) -> ParsedAnswer:
+    """Find the foreground and background words in `text`; never raises."""
+    if template.id == "fg-bg-vocab":
+        match = _FG_BG_RE.search(text) or _FG_ONLY_RE.search(text)
+        if match is None:
+            return ParsedAnswer(AnswerStatus.malformed, [], [],
+                                f"answer does not follow {{'foreground': ..., 'background': ...}}: {text!r}")
+        fore = _words(text, *match.span("fore"))
+        back = _words(text, *match.span("back")) if "back" in match.groupdict() and match.group("back") else []
+        if not fore:
+            return ParsedAnswer(AnswerStatus.malformed, [], back, f"empty foreground in {text!r}")
+        word = match.group("fore").strip().lower()
+        if vocabulary and word not in {v.lower() for v in vocabulary}:
+            return ParsedAnswer(AnswerStatus.off_vocabulary, fore, back,
+                                f"foreground {word!r} is not in the vocabulary")
+        if not back:
+            return ParsedAnswer(AnswerStatus.no_background, fore, [], "no background word in the answer")
+        return ParsedAnswer(AnswerStatus.ok, fore, back)
+    if template.id == "dense-visual":
+        match = _DENSE_RE.search(text)
+        if match is None:
+            return ParsedAnswer(AnswerStatus.malformed, [], [],
+                                f"answer does not follow 'Yes, there is/are X in the image ...': {text!r}")
+        fore = _words(text, *match.span("fore"))
+        back = _words(text, *match.span("back")) if match.group("back") else []
+        if not back:
+            return ParsedAnswer(AnswerStatus.no_background, fore, [], "no background phrase in the answer")
+        return ParsedAnswer(AnswerStatus.ok, fore, back)
+    # single-word and describe: every word of the answer is foreground, no background term.
+    fore = _words(text, 0, len(text))
+    if not fore:
+        return ParsedAnswer(AnswerStatus.malformed, [], [], f"answer has no words: {text!r}")
+    return ParsedAnswer(AnswerStatus.ok, fore, [])

@@ -1,0 +1,1 @@
+"""Contracts shared by the lfi services. Nothing in this package imports torch."""

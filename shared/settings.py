@@ -1,0 +1,27 @@
+"""Settings, read once from the environment (LFI_*)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LFI_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    teacher_url: str = "http://127.0.0.1:8100"
+    teacher_key: str | None = None  # bearer key the CLI and students send to the teacher
+    # A hub id, a local folder, or "builtin:<preset>" for the project's own offline checkpoint.
+    teacher_model: str = "builtin:tiny"
+    teams_file: Path | None = None
+    data_root: Path = Path("data")
+    runs_root: Path = Path("runs")
+    cache_dir: Path = Path.home() / ".cache" / "lfi"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
