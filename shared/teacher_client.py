@@ -44,7 +44,10 @@ class TeacherClient:
                 time.sleep(delay)
                 delay = min(delay * 2, 30)
                 continue
-            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
+            if response.status_code in RETRY_STATUSES:
+                if attempt == self.max_retries:
+                    raise TeacherUnavailable(f"teacher at {self.http.base_url} busy or down "
+                                             f"(HTTP {response.status_code} after {attempt + 1} tries)")
                 wait = float(response.headers.get("Retry-After", delay))
                 log.warning("teacher answered %d; retrying in %.1f s", response.status_code, wait)
                 time.sleep(min(wait, 60))

@@ -1,0 +1,1 @@
+"""Student: the ViT trained from teacher interaction maps, and its synthetic data."""

@@ -1,0 +1,280 @@
+"""The I-ViT trainer: a loop you can read in one sitting (nanoGPT's train.py is the model).
+
+AdamW, linear warmup then cosine decay, gradient clipping, bf16 autocast on GPU. The loss is
+L_task + align_weight · L_align (alignment.py). Each step and epoch is reported through
+`progress(event)`, which the queue layer turns into job events; `should_stop()` is checked every
+step (cooperative cancel). A checkpoint is written every `checkpoint_every` steps and at each
+epoch end; `Trainer.run()` resumes from the newest one in the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from services.student.alignment import alignment_loss
+from services.student.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from services.student.data import DatasetSplits, ImageSet
+from services.student.loader import BatchBuilder, Prefetcher
+from services.student.maps import MapSource
+from services.student.model import ABLATION_MODES, MODES, IViTForImageClassification, build_student, freeze_original
+
+log = logging.getLogger("lfi.student.trainer")
+Event = dict[str, Any]
+
+
+@dataclass
+class TrainConfig:
+    model: str = "vit-tiny"
+    student: Literal["vit", "ivit"] = "ivit"
+    ablation: str = "none"
+    init: str = "scratch"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int | None = None  # default: 5% of all steps
+    grad_clip: float = 1.0
+    align_weight: float = 1.0
+    align_rows: Literal["cls", "mean"] = "cls"
+    align_heads: Literal["mean", "each"] = "mean"
+    kl_direction: Literal["target-first", "model-first"] = "target-first"
+    kl_smoothing: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    checkpoint_every: int = 50
+    max_steps: int | None = None  # stop early (tests, benchmarks)
+    device: str = "auto"
+
+    @property
+    def mode(self) -> str:
+        return "off" if self.student == "vit" else ABLATION_MODES[self.ablation]
+
+    @property
+    def aligned(self) -> bool:
+        return MODES[self.mode][2] is not None
+
+
+@dataclass
+class TrainResult:
+    status: Literal["completed", "stopped"]
+    global_step: int
+    history: list[dict] = field(default_factory=list)  # one entry per finished epoch
+    final: dict = field(default_factory=dict)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, data: DatasetSplits, run_dir: Path, *,
+                 map_source: MapSource | None = None, progress: Callable[[Event], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
+        self.config = config
+        self.data = data
+        self.run_dir = Path(run_dir)
+        self.progress = progress or (lambda event: None)
+        self.should_stop = should_stop or (lambda: False)
+        self.device = pick_device(config.device)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        self.model: IViTForImageClassification = build_student(
+            config.model, len(data.classes), config.mode, init=config.init, align_rows=config.align_rows)
+        if config.init != "scratch":
+            freeze_original(self.model)
+        self.model.to(self.device)
+        size = self.model.config.image_size
+        grid = (size // self.model.config.patch_size,) * 2
+        if config.aligned and map_source is None:
+            raise ValueError(f"{config.student}/{config.ablation} aligns with the teacher: give it a map source")
+        self.train_batches = BatchBuilder(data.train, image_size=size, grid=grid, batch_size=config.batch_size,
+                                          seed=config.seed, augment=config.augment,
+                                          map_source=map_source if config.aligned else None,
+                                          label_word=data.label_word)
+        self.steps_per_epoch = len(self.train_batches)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        warmup = config.warmup_steps if config.warmup_steps is not None else max(1, self.total_steps // 20)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup, self.total_steps))
+        self.global_step = 0
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.history: list[dict] = []
+        self._epoch_sums: dict[str, float] = {}
+
+    # -- state -------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "global_step": self.global_step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "history": self.history, "epoch_sums": self._epoch_sums, "config": asdict(self.config)}
+
+    def checkpoint(self) -> Path:
+        folder = save_checkpoint(self.run_dir, self.global_step, self.model, self._state())
+        self.progress({"type": "checkpoint", "global_step": self.global_step, "epoch": self.epoch,
+                       "step_in_epoch": self.step_in_epoch, "path": str(folder)})
+        return folder
+
+    def resume(self) -> bool:
+        folder = latest_checkpoint(self.run_dir)
+        if folder is None:
+            return False
+        state = load_checkpoint(folder, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.global_step = state["global_step"]
+        self.epoch = state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.history = state["history"]
+        self._epoch_sums = state["epoch_sums"]
+        self.progress({"type": "resumed", "global_step": self.global_step, "epoch": self.epoch,
+                       "step_in_epoch": self.step_in_epoch, "path": str(folder)})
+        log.info("resumed from %s (epoch %d, step %d)", folder, self.epoch, self.step_in_epoch)
+        return True
+
+    # -- one step ----------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def train_step(self, batch) -> dict[str, float]:
+        self.model.train()
+        pixels = batch.pixel_values.to(self.device, non_blocking=True)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        with self._autocast():
+            out = self.model.forward_interactions(pixels)
+            task = F.cross_entropy(out.logits.float(), labels)
+            align = torch.zeros((), device=self.device)
+            if self.config.aligned and batch.maps is not None:
+                align = alignment_loss(out.alignment, batch.maps.to(self.device), batch.map_valid.to(self.device),
+                                       direction=self.config.kl_direction, heads=self.config.align_heads,
+                                       smoothing=self.config.kl_smoothing)
+            loss = task + self.config.align_weight * align
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        correct = (out.logits.argmax(dim=-1) == labels).sum().item()
+        gates = [g.tolist() if g is not None else None for g in out.gates]
+        return {"task_loss": task.item(), "align_loss": align.item(), "correct": correct, "seen": len(labels),
+                "gates": gates}
+
+    # -- evaluation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, images: ImageSet, batch_size: int = 128) -> float | None:
+        if not len(images):
+            return None
+        self.model.eval()
+        size = self.model.config.image_size
+        builder = BatchBuilder(images, image_size=size, grid=(1, 1), batch_size=batch_size, seed=0, augment=False)
+        correct = seen = 0
+        for step in range(len(builder)):
+            batch = builder.build(0, step)
+            with self._autocast():
+                logits = self.model(pixel_values=batch.pixel_values.to(self.device)).logits
+            correct += (logits.argmax(dim=-1).cpu() == batch.labels).sum().item()
+            seen += len(batch.labels)
+        return correct / seen if seen else None
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _accumulate(self, step: dict[str, float], waited: float, seconds: float) -> None:
+        sums = self._epoch_sums
+        for name in ("task_loss", "align_loss", "correct", "seen"):
+            sums[name] = sums.get(name, 0.0) + step[name] * (step["seen"] if name.endswith("loss") else 1)
+        sums["wait_s"] = sums.get("wait_s", 0.0) + waited
+        sums["time_s"] = sums.get("time_s", 0.0) + seconds
+        sums["steps"] = sums.get("steps", 0) + 1
+        for i, gate in enumerate(step["gates"]):
+            if gate is not None:
+                sums[f"gate{i}_agt"] = sums.get(f"gate{i}_agt", 0.0) + gate[0]
+                sums[f"gate{i}_vfm"] = sums.get(f"gate{i}_vfm", 0.0) + gate[1]
+
+    def _finish_epoch(self) -> dict:
+        sums = self._epoch_sums
+        seen = max(1.0, sums.get("seen", 0.0))
+        steps = max(1, int(sums.get("steps", 0)))
+        layers = len(self.model.interaction_layers)
+        gates = [[sums[f"gate{i}_agt"] / steps, sums[f"gate{i}_vfm"] / steps] if f"gate{i}_agt" in sums else None
+                 for i in range(layers)]
+        record = {
+            "epoch": self.epoch + 1,
+            "task_loss": sums.get("task_loss", 0.0) / seen,
+            "align_loss": sums.get("align_loss", 0.0) / seen,
+            "train_top1": sums.get("correct", 0.0) / seen,
+            "val_top1": self.evaluate(self.data.val),
+            "heldout_top1": {name: self.evaluate(images) for name, images in self.data.heldout.items()},
+            "gates": gates,
+            "images_per_s": sums.get("seen", 0.0) / max(1e-9, sums.get("time_s", 0.0)),
+            "map_wait_s": sums.get("wait_s", 0.0),
+            "unreadable": len(self.train_batches.unreadable),
+            "global_step": self.global_step,
+        }
+        return record
+
+    def run(self) -> TrainResult:
+        self.resume()
+        config = self.config
+        while self.epoch < config.epochs:
+            prefetch = Prefetcher(self.train_batches, self.epoch, self.step_in_epoch)
+            try:
+                last = time.perf_counter()
+                for batch, waited in prefetch:
+                    if self.should_stop():
+                        return TrainResult("stopped", self.global_step, self.history)
+                    if config.max_steps is not None and self.global_step >= config.max_steps:
+                        return TrainResult("stopped", self.global_step, self.history)
+                    if not len(batch.labels):
+                        self.step_in_epoch += 1
+                        continue
+                    step = self.train_step(batch)
+                    now = time.perf_counter()
+                    seconds, last = now - last, now
+                    self.global_step += 1
+                    self.step_in_epoch += 1
+                    self._accumulate(step, waited, seconds)
+                    self.progress({"type": "step", "epoch": self.epoch + 1, "step": self.step_in_epoch,
+                                   "steps_per_epoch": self.steps_per_epoch, "global_step": self.global_step,
+                                   "total_steps": self.total_steps, "task_loss": step["task_loss"],
+                                   "align_loss": step["align_loss"], "lr": self.scheduler.get_last_lr()[0],
+                                   "images_per_s": step["seen"] / max(seconds, 1e-9), "map_wait_s": waited,
+                                   "skipped": batch.skipped})
+                    if config.checkpoint_every and self.global_step % config.checkpoint_every == 0 \
+                            and self.step_in_epoch < self.steps_per_epoch:
+                        self.checkpoint()
+            finally:
+                prefetch.close()
+            record = self._finish_epoch()
+            self.history.append(record)
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self._epoch_sums = {}
+            # the epoch is in the checkpoint before it is announced: a resume never counts it twice
+            self.checkpoint()
+            self.progress({"type": "epoch", **record})
+        final = dict(self.history[-1]) if self.history else {}
+        return TrainResult("completed", self.global_step, self.history, final)
