@@ -20,6 +20,12 @@ class Settings(BaseSettings):
     data_root: Path = Path("data")
     runs_root: Path = Path("runs")
     cache_dir: Path = Path.home() / ".cache" / "lfi"
+    # Jobs. Celery's redelivery is not what recovers a dead worker's job (see shared/jobs.py):
+    # a job lease that live workers renew, and reclaim when it goes stale, is.
+    celery_visibility_timeout_s: float = 3600.0
+    celery_restore_interval_s: float = 10.0
+    job_lease_s: float = 15.0  # a worker that misses renewals for this long has lost its job
+    job_reclaim_interval_s: float = 5.0  # how often each worker looks for orphaned jobs
 
 
 @lru_cache(maxsize=1)

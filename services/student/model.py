@@ -92,6 +92,7 @@ class InteractionAttention(ViTAttention):
         num_keys = (config.image_size // config.patch_size) ** 2 + 1
         self.gate = InteractionGate(num_keys, settings.gate_hidden) if has_gate else None
         self.num_keys = num_keys
+        self.explicit = False  # True: materialise the N×N matrices (the reference path, slower)
         # Filled by each forward; read by the model right after (see IViTForImageClassification).
         self.alignment_log_probs: torch.Tensor | None = None
         self.gate_mean: torch.Tensor | None = None
@@ -109,17 +110,58 @@ class InteractionAttention(ViTAttention):
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
-        key_t = key.transpose(2, 3)
-        vfm_logits = torch.matmul(query, key_t) * self.scaling
-        if attention_mask is not None:
-            vfm_logits = vfm_logits + attention_mask
-        vfm = vfm_logits.softmax(dim=-1)
-        constrained_logits = vfm_logits
+        agt_query = None
         if self.interaction_q_proj is not None:
             agt_query = self.interaction_q_proj(hidden_states).view(shape).transpose(1, 2)
+        if self.explicit or self.align_rows != "cls":
+            output = self._explicit(query, key, value, agt_query, attention_mask)
+        else:
+            output = self._fused(query, key, value, agt_query, attention_mask)
+        return self.o_proj(output.transpose(1, 2).reshape(batch, tokens, -1)), None
+
+    def _fused(self, query, key, value, agt_query, mask) -> torch.Tensor:
+        """C_F·V without materialising any N×N matrix.
+
+        The gate's first layer is linear in the attention rows, C_AGT·W_a + C_VFM·W_v, which is
+        attention with W_a (resp. W_v) as extra value columns; and C_F·V = g1·(C_AGT·V) + g2·(C_VFM·V)
+        since the gates are per row. So two fused SDPA calls give everything; only the CLS row's
+        logits are computed apart, for the alignment loss. Equal to `_explicit` (tested).
+        """
+        dropout = self.attention_dropout if self.training else 0.0
+        sdpa = F.scaled_dot_product_attention
+        if agt_query is None:  # constraint on the original queries: plain attention
+            self.alignment_log_probs = _cls_log_probs(query, key, self.scaling, mask)
+            return sdpa(query, key, value, attn_mask=mask, dropout_p=dropout, scale=self.scaling)
+        if self.constrained is not None:
+            self.alignment_log_probs = _cls_log_probs(agt_query, key, self.scaling, mask)
+        if self.gate is None:
+            agt_out = sdpa(agt_query, key, value, attn_mask=mask, dropout_p=dropout, scale=self.scaling)
+            vfm_out = sdpa(query, key, value, attn_mask=mask, dropout_p=dropout, scale=self.scaling)
+            return 0.5 * (agt_out + vfm_out)
+        d = value.shape[-1]
+        extra_a = self.gate.from_agt.weight.t().to(value.dtype).expand(*value.shape[:2], -1, -1)
+        extra_v = self.gate.from_vfm.weight.t().to(value.dtype).expand(*value.shape[:2], -1, -1)
+        agt_out = sdpa(agt_query, key, torch.cat([value, extra_a], dim=-1), attn_mask=mask, dropout_p=dropout,
+                       scale=self.scaling)
+        vfm_out = sdpa(query, key, torch.cat([value, extra_v], dim=-1), attn_mask=mask, dropout_p=dropout,
+                       scale=self.scaling)
+        hidden = agt_out[..., d:] + vfm_out[..., d:] + self.gate.from_agt.bias
+        gates = torch.sigmoid(self.gate.out(F.gelu(hidden)))  # (B, H, N, 2)
+        self.gate_mean = gates.detach().float().mean(dim=(0, 1, 2))
+        return gates[..., :1] * agt_out[..., :d] + gates[..., 1:] * vfm_out[..., :d]
+
+    def _explicit(self, query, key, value, agt_query, mask) -> torch.Tensor:
+        """The paper's equations as written: materialise C_VFM, C_AGT and C_F (reference; `mean` rows)."""
+        key_t = key.transpose(2, 3)
+        vfm_logits = torch.matmul(query, key_t) * self.scaling
+        if mask is not None:
+            vfm_logits = vfm_logits + mask
+        vfm = vfm_logits.softmax(dim=-1)
+        constrained_logits = vfm_logits
+        if agt_query is not None:
             agt_logits = torch.matmul(agt_query, key_t) * self.scaling
-            if attention_mask is not None:
-                agt_logits = agt_logits + attention_mask
+            if mask is not None:
+                agt_logits = agt_logits + mask
             agt = agt_logits.softmax(dim=-1)
             constrained_logits = agt_logits
             if self.gate is not None:
@@ -134,8 +176,14 @@ class InteractionAttention(ViTAttention):
             self.alignment_log_probs = _image_log_probs(constrained_logits, self.align_rows)
         if self.training and self.attention_dropout > 0:
             fused = F.dropout(fused, p=self.attention_dropout)
-        output = torch.matmul(fused, value).transpose(1, 2).reshape(batch, tokens, -1)
-        return self.o_proj(output), fused
+        return torch.matmul(fused, value)
+
+
+def _cls_log_probs(query, key, scaling: float, mask) -> torch.Tensor:
+    logits = torch.matmul(query[:, :, :1], key.transpose(2, 3)) * scaling  # (B, H, 1, N): the CLS row only
+    if mask is not None:
+        logits = logits + mask[..., :1, :]
+    return _image_log_probs(logits, "cls")
 
 
 def _image_log_probs(logits: torch.Tensor, rows: AlignRows) -> torch.Tensor:
@@ -145,7 +193,7 @@ def _image_log_probs(logits: torch.Tensor, rows: AlignRows) -> torch.Tensor:
     distributions averaged, then logged.
     """
     patch_logits = logits[..., 1:].float()
-    if rows == "cls":
+    if rows == "cls" or patch_logits.shape[2] == 1:
         return patch_logits[:, :, 0].log_softmax(dim=-1)
     probs = patch_logits[:, :, 1:].softmax(dim=-1).mean(dim=2)
     return probs.clamp_min(1e-30).log()

@@ -46,6 +46,7 @@ class TrainConfig:
     warmup_steps: int | None = None  # default: 5% of all steps
     grad_clip: float = 1.0
     align_weight: float = 1.0
+    align_layers: list[int] | None = None  # student layers whose attention is aligned (default: all)
     align_rows: Literal["cls", "mean"] = "cls"
     align_heads: Literal["mean", "each"] = "mean"
     kl_direction: Literal["target-first", "model-first"] = "target-first"
@@ -106,6 +107,9 @@ class Trainer:
             config.model, len(data.classes), config.mode, init=config.init, align_rows=config.align_rows)
         if config.init != "scratch":
             freeze_original(self.model)
+        layers = self.model.config.num_hidden_layers
+        if config.align_layers and max(config.align_layers) >= layers:
+            raise ValueError(f"align_layers {config.align_layers} out of range: {config.model} has {layers} layers")
         self.model.to(self.device)
         size = self.model.config.image_size
         grid = (size // self.model.config.patch_size,) * 2
@@ -169,7 +173,9 @@ class Trainer:
             task = F.cross_entropy(out.logits.float(), labels)
             align = torch.zeros((), device=self.device)
             if self.config.aligned and batch.maps is not None:
-                align = alignment_loss(out.alignment, batch.maps.to(self.device), batch.map_valid.to(self.device),
+                rows = out.alignment if not self.config.align_layers else \
+                    [out.alignment[i] for i in sorted(set(self.config.align_layers))]
+                align = alignment_loss(rows, batch.maps.to(self.device), batch.map_valid.to(self.device),
                                        direction=self.config.kl_direction, heads=self.config.align_heads,
                                        smoothing=self.config.kl_smoothing)
             loss = task + self.config.align_weight * align

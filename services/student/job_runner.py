@@ -1,0 +1,184 @@
+"""Run one training job from its record: lease, status, events, cancel, resume. No Celery here.
+
+`run_job` is what the `student.train` task calls. It is safe to call any number of times for the
+same job, from any number of workers at once: only the holder of the job lease trains, a job in
+a terminal state is left alone, and a job that was started before resumes from its checkpoint.
+See shared/jobs.py for why recovery rests on the lease rather than on Celery's redelivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from shared.jobs import JobSpec, JobStatus, JobStore, check_spec
+from shared.settings import Settings
+
+log = logging.getLogger("lfi.student.jobs")
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+class LeaseKeeper:
+    """Renews the job lease every lease/3 on a thread; `lost` is set if a renewal fails."""
+
+    def __init__(self, store: JobStore, job_id: str, worker: str, lease_s: float) -> None:
+        self.store, self.job_id, self.worker, self.lease_s = store, job_id, worker, lease_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{job_id}", daemon=True)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                if not self.store.renew_lease(self.job_id, self.worker, self.lease_s):
+                    log.error("job %s: lease lost; stopping so that no two workers train it", self.job_id)
+                    self.lost.set()
+                    return
+            except Exception:  # Redis blip: try again next tick; the lease outlives one missed renewal
+                log.exception("job %s: lease renewal failed", self.job_id)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.store.release_lease(self.job_id, self.worker)
+
+
+def run_job(job_id: str, store: JobStore, settings: Settings, worker: str | None = None) -> str:
+    """Train job `job_id` if it is this worker's to train. Returns what happened, for logs and tests."""
+    worker = worker or worker_identity()
+    try:
+        record = store.get(job_id)
+    except Exception as exc:
+        log.error("job %s: no record (%s); dropping the message", job_id, exc)
+        return "unknown"
+    if JobStatus(record["status"]).terminal:
+        return "finished-already"
+    if store.cancel_requested(job_id):
+        store.set_status(job_id, JobStatus.cancelled, reason="cancelled before it started")
+        return "cancelled"
+    if not store.acquire_lease(job_id, worker, settings.job_lease_s):
+        log.info("job %s is held by %s; this delivery is a duplicate", job_id, store.lease_holder(job_id))
+        store.event(job_id, {"type": "duplicate-delivery", "worker": worker})
+        return "duplicate"
+    with LeaseKeeper(store, job_id, worker, settings.job_lease_s) as lease:
+        starts = store.redis.hincrby(store.key(job_id), "starts", 1)
+        store.update(job_id, worker=worker)
+        store.set_status(job_id, JobStatus.running)
+        store.event(job_id, {"type": "started", "worker": worker, "attempt": starts})
+        try:
+            outcome = _train(job_id, record, store, settings, lease)
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            message = f"{type(exc).__name__}: {exc}"
+            store.set_status(job_id, JobStatus.failed, error=message,
+                             traceback=traceback.format_exc(limit=8)[-4000:])
+            return "failed"
+    return outcome
+
+
+def _train(job_id: str, record: dict[str, Any], store: JobStore, settings: Settings, lease: LeaseKeeper) -> str:
+    # torch is imported here, in the process that trains, never in the worker's parent process
+    from services.student.data import discover
+    from services.student.maps import Stopped, TeacherMaps
+    from services.student.trainer import TrainConfig, Trainer
+    from shared.teacher_client import TeacherClient
+
+    spec = JobSpec.model_validate(record["spec"])
+    dataset = check_spec(spec, settings.data_root)
+    run_dir = Path(settings.runs_root) / job_id
+    config = TrainConfig(model=spec.model, student=spec.student, ablation=spec.ablation,
+                         init=_resolve_init(spec.init, settings), epochs=spec.epochs, batch_size=spec.batch_size,
+                         lr=spec.lr, seed=spec.seed, align_layers=spec.align_layers, align_weight=spec.align_weight,
+                         checkpoint_every=spec.checkpoint_every)
+    data = discover(dataset, spec.eval_domains)
+    cancelled = lambda: store.cancel_requested(job_id)  # noqa: E731
+    should_stop = lambda: lease.lost.is_set() or cancelled()  # noqa: E731
+
+    def on_wait(reason: str | None) -> None:
+        if reason is None:
+            store.set_status(job_id, JobStatus.running)
+        else:
+            store.set_status(job_id, JobStatus.waiting_teacher, reason=reason)
+
+    map_source = None
+    if config.aligned:
+        client = TeacherClient(settings.teacher_url, settings.teacher_key, max_retries=2)
+        map_source = TeacherMaps(client, prompt=spec.prompt, cache_dir=Path(settings.runs_root) / "map-cache",
+                                 on_wait=on_wait, should_stop=should_stop)
+    reported = int(store.get(job_id).get("epochs_reported", 0))
+    last_step_event = [0.0]
+
+    def progress(event: dict[str, Any]) -> None:
+        nonlocal reported
+        kind = event["type"]
+        if kind == "step":
+            fraction = event["global_step"] / max(1, event["total_steps"])
+            store.update(job_id, progress=round(fraction, 5), global_step=event["global_step"], epoch=event["epoch"])
+            store.event(job_id, event)
+            last_step_event[0] = time.monotonic()
+        elif kind == "epoch":
+            if event["epoch"] > reported:  # counted once, even across a resume
+                store.event(job_id, event)
+                reported = event["epoch"]
+                store.update(job_id, epochs_reported=reported, metrics=event)
+        elif kind == "checkpoint":
+            store.update(job_id, last_checkpoint={k: event[k] for k in ("global_step", "epoch", "step_in_epoch")})
+            store.event(job_id, event)
+        elif kind == "resumed":
+            store.event(job_id, event)
+            # epochs finished before the crash but not announced yet are announced now
+            for past in trainer.history:
+                progress({"type": "epoch", **past})
+        else:
+            store.event(job_id, event)
+
+    trainer = Trainer(config, data, run_dir, map_source=map_source, progress=progress, should_stop=should_stop)
+    store.update(job_id, run_dir=str(run_dir), total_steps=trainer.total_steps)
+    try:
+        result = trainer.run()
+    except Stopped:  # stopped while waiting for the teacher
+        result = None
+    if result is not None and result.status == "completed":
+        store.set_status(job_id, JobStatus.succeeded, metrics=result.final, progress=1.0)
+        return "succeeded"
+    if cancelled():
+        store.set_status(job_id, JobStatus.cancelled, reason="cancelled while running")
+        return "cancelled"
+    if lease.lost.is_set():
+        return "lease-lost"  # another worker owns the job now; it resumes from the checkpoint
+    return "stopped"
+
+
+def _resolve_init(init: str, settings: Settings) -> str:
+    if init == "scratch":
+        return init
+    local = Path(settings.data_root) / init
+    return str(local) if local.is_dir() else init  # a folder under the data root, or a hub id
+
+
+def reclaim_orphans(store: JobStore, settings: Settings, send: callable) -> list[str]:
+    """Queue again every job whose worker died (lease lapsed). Called every few seconds by each worker."""
+    requeued = []
+    for job_id in store.orphans():
+        if not store.claim_reclaim(job_id, settings.job_lease_s):
+            continue
+        store.update(job_id, worker="")
+        store.set_status(job_id, JobStatus.queued, reason="worker lost; resuming from the last checkpoint")
+        store.event(job_id, {"type": "requeued", "reason": "lease expired"})
+        send(job_id)
+        requeued.append(job_id)
+        log.warning("job %s lost its worker; queued again", job_id)
+    return requeued

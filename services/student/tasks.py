@@ -1,0 +1,48 @@
+"""The Celery layer: the `student.train` task and each worker's orphan reclaimer. Thin on purpose.
+
+Start a worker with `lfi worker`. The parent process never imports torch; each job runs in a
+fresh forked child (worker_max_tasks_per_child=1), which initialises CUDA for itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.signals import worker_ready, worker_shutdown
+
+from services.student.job_runner import reclaim_orphans, run_job
+from shared.celery_config import TRAIN_TASK, make_celery
+from shared.jobs import JobStore
+from shared.settings import get_settings
+
+log = logging.getLogger("lfi.student.tasks")
+settings = get_settings()
+app = make_celery(settings)
+
+
+@app.task(name=TRAIN_TASK)
+def train(job_id: str) -> str:
+    return run_job(job_id, JobStore.from_url(settings.redis_url), settings)
+
+
+_stop_reclaimer = threading.Event()
+
+
+def _reclaim_loop() -> None:
+    store = JobStore.from_url(settings.redis_url)
+    while not _stop_reclaimer.wait(settings.job_reclaim_interval_s):
+        try:
+            reclaim_orphans(store, settings, lambda job_id: app.send_task(TRAIN_TASK, args=[job_id]))
+        except Exception:  # Redis away for a moment: the next round tries again
+            log.exception("orphan reclaim round failed")
+
+
+@worker_ready.connect
+def _start_reclaimer(**_) -> None:
+    threading.Thread(target=_reclaim_loop, name="lfi-reclaimer", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop(**_) -> None:
+    _stop_reclaimer.set()

@@ -1,0 +1,290 @@
+"""Training jobs: the spec, the record in Redis, progress events, cancel, and the job lease.
+
+Records (contract in ARCHITECTURE.md): hash `lfi:job:<id>`, index `lfi:jobs` (sorted by creation
+time), events on the stream `lfi:job:<id>:events`, cancel flag `lfi:job:<id>:cancel`.
+
+Why a lease. With a Redis broker, Celery redelivers an unacked message only after
+`visibility_timeout`, and redelivers a task that runs longer than that while it still runs. A
+training run lasts hours, so neither a short timeout nor "acks_late and wait" recovers a dead
+worker's job in time without also running long jobs twice. Instead:
+
+- a worker runs a job only while it holds `lfi:job:<id>:lease` (SET NX PX), renewed by a
+  heartbeat every lease/3; any second delivery of the job finds the lease held and returns;
+- every worker looks, every few seconds, at the jobs marked active (`lfi:jobs:active`); a job
+  whose lease has lapsed lost its worker, and is queued again (once: a reclaim marker) to resume
+  from its last checkpoint on the next free worker;
+- a worker whose renewal fails stops training at the next step, so no two run at once.
+No torch here: the dashboard uses this module too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.errors import InvalidRequest, NotFound
+
+JOB_PREFIX = "lfi:job:"
+JOB_INDEX = "lfi:jobs"
+ACTIVE_JOBS = "lfi:jobs:active"
+EVENTS_MAXLEN = 20_000
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    waiting_teacher = "waiting-teacher"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
+
+
+class JobSpec(BaseModel):
+    """What `POST /jobs` and `lfi train SPEC` accept. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(min_length=1, max_length=500, description="Folder below LFI_DATA_ROOT.")
+    model: Literal["vit-tiny", "vit-s16", "vit-b16", "vit-l16"] = "vit-tiny"
+    student: Literal["vit", "ivit"] = "ivit"
+    ablation: Literal["none", "no-constraint", "constraint-on-original", "no-gate"] = "none"
+    init: str = Field("scratch", max_length=500, description="'scratch', or a pretrained ViT hub id or folder.")
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float = Field(5e-4, gt=0, le=1.0)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    prompt: str | None = Field(None, max_length=64, description="Teacher prompt template id (default per task).")
+    align_layers: list[int] | None = Field(None, max_length=64, description="Student layers aligned (default all).")
+    align_weight: float = Field(1.0, ge=0, le=1000)
+    eval_domains: list[str] = Field(default_factory=list, max_length=32)
+    checkpoint_every: int = Field(50, ge=1, le=1_000_000)
+    team: str = Field("default", pattern=r"^[a-z0-9-]+$", max_length=64)
+
+    @field_validator("eval_domains")
+    @classmethod
+    def _plain_folder_names(cls, domains: list[str]) -> list[str]:
+        for domain in domains:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", domain) or domain in {".", ".."}:
+                raise ValueError(f"eval domain {domain!r} must be a plain folder name")
+        return domains
+
+    @field_validator("align_layers")
+    @classmethod
+    def _non_negative(cls, layers: list[int] | None) -> list[int] | None:
+        if layers is not None and any(i < 0 for i in layers):
+            raise ValueError("align_layers are layer indices, 0 or more")
+        return layers
+
+
+def resolve_dataset(dataset: str, data_root: Path) -> Path:
+    """The dataset folder, guaranteed to lie below the data root (no `..`, no absolute escape, no symlink out)."""
+    root = Path(data_root).resolve()
+    candidate = Path(dataset)
+    if candidate.is_absolute():
+        raise InvalidRequest(f"dataset must be a path relative to the data root ({root}), got {dataset!r}")
+    path = (root / candidate).resolve()
+    if path != root and root not in path.parents:
+        raise InvalidRequest(f"dataset {dataset!r} is outside the data root {root}")
+    if not path.is_dir():
+        raise InvalidRequest(f"dataset {dataset!r} is not a folder under the data root {root}")
+    return path
+
+
+def check_spec(spec: JobSpec, data_root: Path) -> Path:
+    """Checks that need the file system, done when the job is queued so a bad spec never reaches a worker."""
+    path = resolve_dataset(spec.dataset, data_root)
+    for domain in spec.eval_domains:
+        if not (path / domain).is_dir():
+            raise InvalidRequest(f"eval domain {domain!r} is not a folder in {spec.dataset}")
+    if spec.init != "scratch" and (spec.init.startswith("/") or ".." in Path(spec.init).parts):
+        init = resolve_dataset(spec.init, data_root)  # a local pretrained folder must be under the data root too
+        if not (init / "config.json").exists():
+            raise InvalidRequest(f"init {spec.init!r} has no config.json: not a saved ViT")
+    return path
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True))
+
+    # -- records -----------------------------------------------------------------------------------
+    @staticmethod
+    def key(job_id: str) -> str:
+        return JOB_PREFIX + job_id
+
+    def create(self, spec: JobSpec) -> dict[str, Any]:
+        job_id = uuid.uuid4().hex[:16]
+        record = {"id": job_id, "team": spec.team, "spec": spec.model_dump_json(), "status": JobStatus.queued,
+                  "created_at": now_iso(), "starts": 0, "progress": 0.0}
+        pipe = self.redis.pipeline()
+        pipe.hset(self.key(job_id), mapping={k: str(v) for k, v in record.items()})
+        pipe.zadd(JOB_INDEX, {job_id: time.time()})
+        pipe.sadd(ACTIVE_JOBS, job_id)
+        pipe.execute()
+        self.event(job_id, {"type": "status", "status": JobStatus.queued})
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        raw = self.redis.hgetall(self.key(job_id)) if re.fullmatch(r"[0-9a-f]{1,64}", job_id) else {}
+        if not raw:
+            raise NotFound(f"no job {job_id!r}")
+        return _decode_record(raw)
+
+    def list(self, team: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        ids = self.redis.zrevrange(JOB_INDEX, 0, limit - 1)
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hgetall(self.key(job_id))
+        records = [_decode_record(raw) for raw in pipe.execute() if raw]
+        return [r for r in records if team is None or r["team"] == team]
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        encoded = {k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in fields.items()
+                   if v is not None}
+        if encoded:
+            self.redis.hset(self.key(job_id), mapping=encoded)
+
+    def set_status(self, job_id: str, status: JobStatus, **fields: Any) -> None:
+        """Move a job to `status`; a job already in a terminal state stays there."""
+        current = self.get(job_id)["status"]
+        if JobStatus(current).terminal:
+            return
+        if status == JobStatus.running and "started_at" not in self.redis.hkeys(self.key(job_id)):
+            fields.setdefault("started_at", now_iso())
+        if status.terminal:
+            fields.setdefault("finished_at", now_iso())
+            self.redis.srem(ACTIVE_JOBS, job_id)
+        self.update(job_id, status=status.value, **fields)
+        if current != status.value:
+            self.event(job_id, {"type": "status", "status": status.value,
+                                **{k: v for k, v in fields.items() if k in ("error", "reason")}})
+
+    # -- events ------------------------------------------------------------------------------------
+    def event(self, job_id: str, event: dict[str, Any]) -> str:
+        payload = {"at": now_iso(), **event}
+        return self.redis.xadd(self.key(job_id) + ":events", {"data": json.dumps(payload)},
+                               maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def events(self, job_id: str, after: str = "-", count: int = 10_000) -> list[tuple[str, dict[str, Any]]]:
+        start = "(" + after if after != "-" else "-"
+        entries = self.redis.xrange(self.key(job_id) + ":events", min=start, count=count)
+        return [(entry_id, json.loads(fields["data"])) for entry_id, fields in entries]
+
+    def metrics(self, job_id: str) -> dict[str, Any]:
+        """Curves for charts: steps (last value per global step) and one entry per epoch."""
+        steps: dict[int, dict] = {}
+        epochs: dict[int, dict] = {}
+        for _, event in self.events(job_id):
+            if event.get("type") == "step":
+                steps[event["global_step"]] = event
+            elif event.get("type") == "epoch":
+                epochs[event["epoch"]] = event
+        return {"id": job_id, "steps": [steps[k] for k in sorted(steps)], "epochs": [epochs[k] for k in sorted(epochs)]}
+
+    # -- cancel ------------------------------------------------------------------------------------
+    def request_cancel(self, job_id: str) -> dict[str, Any]:
+        record = self.get(job_id)
+        self.redis.set(self.key(job_id) + ":cancel", "1")
+        if record["status"] == JobStatus.queued:
+            # not running anywhere: cancelled now; a later delivery sees the status and returns
+            self.set_status(job_id, JobStatus.cancelled, reason="cancelled before it started")
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.redis.exists(self.key(job_id) + ":cancel"))
+
+    # -- the lease ---------------------------------------------------------------------------------
+    def acquire_lease(self, job_id: str, worker: str, lease_s: float) -> bool:
+        return bool(self.redis.set(self.key(job_id) + ":lease", worker, nx=True, px=int(lease_s * 1000)))
+
+    _RENEW = """
+    if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+    return 0
+    """
+    _RELEASE = """
+    if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+    return 0
+    """
+
+    def renew_lease(self, job_id: str, worker: str, lease_s: float) -> bool:
+        return bool(self.redis.eval(self._RENEW, 1, self.key(job_id) + ":lease", worker, int(lease_s * 1000)))
+
+    def release_lease(self, job_id: str, worker: str) -> None:
+        self.redis.eval(self._RELEASE, 1, self.key(job_id) + ":lease", worker)
+
+    def lease_holder(self, job_id: str) -> str | None:
+        return self.redis.get(self.key(job_id) + ":lease")
+
+    def orphans(self) -> list[str]:
+        """Active jobs that a worker started (or was handed) but whose lease has lapsed."""
+        found = []
+        for job_id in self.redis.smembers(ACTIVE_JOBS):
+            raw = self.redis.hgetall(self.key(job_id))
+            if not raw:
+                self.redis.srem(ACTIVE_JOBS, job_id)
+                continue
+            record = _decode_record(raw)
+            if JobStatus(record["status"]).terminal:
+                self.redis.srem(ACTIVE_JOBS, job_id)
+                continue
+            if self.redis.exists(self.key(job_id) + ":lease"):
+                continue
+            # picked up once (it names a worker) and held by nobody now: its worker died. A job never
+            # picked up, or already re-queued (worker cleared), is waiting in the broker and left alone.
+            if record.get("worker"):
+                found.append(job_id)
+        return found
+
+    def claim_reclaim(self, job_id: str, lease_s: float) -> bool:
+        """Only one worker re-queues a given orphan (and not again while that message is on its way)."""
+        return bool(self.redis.set(self.key(job_id) + ":reclaim", "1", nx=True, px=int(lease_s * 4000)))
+
+
+def _decode_record(raw: dict[str, str]) -> dict[str, Any]:
+    record: dict[str, Any] = dict(raw)
+    record["spec"] = json.loads(raw["spec"]) if "spec" in raw else None
+    for name in ("metrics", "last_checkpoint"):
+        if name in raw:
+            with contextlib.suppress(ValueError):
+                record[name] = json.loads(raw[name])
+    for name in ("starts", "epoch", "global_step", "epochs_reported"):
+        if name in raw:
+            record[name] = int(raw[name])
+    if "progress" in raw:
+        record["progress"] = float(raw["progress"])
+    return record
+
+
+def submit_job(store: JobStore, celery_app, spec: JobSpec, data_root: Path) -> dict[str, Any]:
+    """Validate, record, and queue by task name. Returns the job record."""
+    from shared.celery_config import TRAIN_TASK
+
+    check_spec(spec, data_root)
+    record = store.create(spec)
+    celery_app.send_task(TRAIN_TASK, args=[record["id"]])
+    return record
