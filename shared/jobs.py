@@ -75,6 +75,9 @@ class JobSpec(BaseModel):
     align_weight: float = Field(1.0, ge=0, le=1000)
     eval_domains: list[str] = Field(default_factory=list, max_length=32)
     checkpoint_every: int = Field(50, ge=1, le=1_000_000)
+    map_store: str | None = Field(None, max_length=500,
+                                  description="A map store from `lfi maps --export` (under the data root): "
+                                              "train from it instead of asking the teacher.")
     team: str = Field("default", pattern=r"^[a-z0-9-]+$", max_length=64)
 
     @field_validator("eval_domains")
@@ -113,6 +116,8 @@ def check_spec(spec: JobSpec, data_root: Path) -> Path:
     for domain in spec.eval_domains:
         if not (path / domain).is_dir():
             raise InvalidRequest(f"eval domain {domain!r} is not a folder in {spec.dataset}")
+    if spec.map_store is not None and not (resolve_dataset(spec.map_store, data_root) / "index.json").exists():
+        raise InvalidRequest(f"map_store {spec.map_store!r} has no index.json: export one with lfi maps --export")
     if spec.init != "scratch" and (spec.init.startswith("/") or ".." in Path(spec.init).parts):
         init = resolve_dataset(spec.init, data_root)  # a local pretrained folder must be under the data root too
         if not (init / "config.json").exists():

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from shared.jobs import JobSpec, JobStatus, JobStore, check_spec
+from shared.jobs import JobSpec, JobStatus, JobStore, check_spec, resolve_dataset
 from shared.settings import Settings
 
 log = logging.getLogger("lfi.student.jobs")
@@ -92,7 +92,7 @@ def run_job(job_id: str, store: JobStore, settings: Settings, worker: str | None
 def _train(job_id: str, record: dict[str, Any], store: JobStore, settings: Settings, lease: LeaseKeeper) -> str:
     # torch is imported here, in the process that trains, never in the worker's parent process
     from services.student.data import discover
-    from services.student.maps import Stopped, TeacherMaps
+    from services.student.maps import Stopped, StoreMaps, TeacherMaps
     from services.student.trainer import TrainConfig, Trainer
     from shared.teacher_client import TeacherClient
 
@@ -114,7 +114,9 @@ def _train(job_id: str, record: dict[str, Any], store: JobStore, settings: Setti
             store.set_status(job_id, JobStatus.waiting_teacher, reason=reason)
 
     map_source = None
-    if config.aligned:
+    if config.aligned and spec.map_store is not None:
+        map_source = StoreMaps(resolve_dataset(spec.map_store, settings.data_root))
+    elif config.aligned:
         client = TeacherClient(settings.teacher_url, settings.teacher_key, max_retries=2)
         map_source = TeacherMaps(client, prompt=spec.prompt, cache_dir=Path(settings.runs_root) / "map-cache",
                                  on_wait=on_wait, should_stop=should_stop)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import json
 import subprocess
 import sys
 import time
@@ -187,4 +187,22 @@ def test_lfi_train_queues_and_follows_a_job_to_the_end(stack, tmp_path):
                             text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "epoch 2:" in result.stderr and "succeeded" in result.stderr
-    assert shutil.which("redis-server")
+    job_id = json.loads(result.stdout.strip().splitlines()[0])["id"]
+    assert store.get(job_id)["status"] == "succeeded"
+
+
+def test_a_job_trains_from_an_exported_map_store_with_the_teacher_stopped(stack):
+    from services.teacher.bulk import BulkOptions, precompute
+    from shared.teacher_client import TeacherClient
+
+    settings, store, start_worker, server = stack
+    report = precompute(TeacherClient(server.url, TEAM_KEYS["alpha"]), settings.data_root / "small" / "train",
+                        BulkOptions(), export=settings.data_root / "small-maps")
+    assert report.exported == 32
+    server.stop()
+    start_worker("w1")
+    job_id = _submit(settings, store, map_store="small-maps")
+    record = _wait_status(store, job_id, {"succeeded", "failed"})
+    assert record["status"] == "succeeded", record.get("error")
+    assert "waiting-teacher" not in [e["status"] for e in _events(store, job_id, "status")]
+    assert all(s["align_loss"] > 0 for s in store.metrics(job_id)["steps"])
