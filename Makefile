@@ -30,6 +30,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/teacher_extract.py
+	$(BIN)/python bench/student_size.py
+	$(BIN)/python bench/student_step.py
+	$(BIN)/python bench/jobs_recovery.py
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

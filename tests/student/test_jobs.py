@@ -206,3 +206,15 @@ def test_a_job_trains_from_an_exported_map_store_with_the_teacher_stopped(stack)
     assert record["status"] == "succeeded", record.get("error")
     assert "waiting-teacher" not in [e["status"] for e in _events(store, job_id, "status")]
     assert all(s["align_loss"] > 0 for s in store.metrics(job_id)["steps"])
+
+
+def test_a_failing_job_says_why_in_its_record_and_the_worker_goes_on(stack):
+    settings, store, start_worker, _ = stack
+    start_worker("w1")
+    bad = _submit(settings, store, align_layers=[99])  # valid spec, but vit-tiny has 4 layers
+    record = _wait_status(store, bad, {"succeeded", "failed"})
+    assert record["status"] == "failed"
+    assert "align_layers [99] out of range" in record["error"] and "Traceback" in record["traceback"]
+    assert _events(store, bad, "status")[-1]["error"] == record["error"]
+    good = _submit(settings, store, epochs=1)
+    assert _wait_status(store, good, {"succeeded", "failed"})["status"] == "succeeded"
