@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# Pinned: the CPU build of torch lies on disk; any other request pulls CUDA wheels.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[teacher,student,dev]'
+	$(BIN)/pip install -q -e '.[teacher,student,dashboard,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server) || echo "redis-server missing: service tests will be skipped"
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium missing: the browser test will be skipped"
 	$(BIN)/ruff check services shared tests bench scripts
 	$(BIN)/pytest -q
 

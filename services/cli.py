@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from services.dashboard.cli import dashboard
 from services.student.data_cli import data_app
 from services.student.jobs_cli import train, worker
 from services.teacher.cli import teacher_app
@@ -17,6 +18,7 @@ app.add_typer(teacher_app, name="teacher")
 app.add_typer(data_app, name="data")
 app.command("worker")(worker)
 app.command("train")(train)
+app.command("dashboard")(dashboard)
 
 
 @app.command("maps")

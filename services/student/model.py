@@ -93,6 +93,8 @@ class InteractionAttention(ViTAttention):
         self.gate = InteractionGate(num_keys, settings.gate_hidden) if has_gate else None
         self.num_keys = num_keys
         self.explicit = False  # True: materialise the N×N matrices (the reference path, slower)
+        self.record_rows = False  # True: keep the CLS rows of C_AGT and C_VFM (head mean) for pictures
+        self.recorded_rows: dict[str, torch.Tensor] = {}
         # Filled by each forward; read by the model right after (see IViTForImageClassification).
         self.alignment_log_probs: torch.Tensor | None = None
         self.gate_mean: torch.Tensor | None = None
@@ -100,6 +102,8 @@ class InteractionAttention(ViTAttention):
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         self.alignment_log_probs = None
         self.gate_mean = None
+        if self.record_rows:
+            self._record_cls_rows(hidden_states, attention_mask)
         if not self.interaction_enabled:
             return super().forward(hidden_states, attention_mask, **kwargs)
         batch, tokens, _ = hidden_states.shape
@@ -118,6 +122,18 @@ class InteractionAttention(ViTAttention):
         else:
             output = self._fused(query, key, value, agt_query, attention_mask)
         return self.o_proj(output.transpose(1, 2).reshape(batch, tokens, -1)), None
+
+    @torch.no_grad()
+    def _record_cls_rows(self, hidden_states: torch.Tensor, mask) -> None:
+        """Where the CLS token looks, over the patches, per image: C_VFM and (if present) C_AGT (paper Fig. 5)."""
+        batch, tokens, _ = hidden_states.shape
+        shape = (batch, tokens, -1, self.head_dim)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        self.recorded_rows = {"vfm": _cls_log_probs(query, key, self.scaling, mask).exp().mean(dim=1)}
+        if self.interaction_q_proj is not None and self.interaction_enabled:
+            agt_query = self.interaction_q_proj(hidden_states).view(shape).transpose(1, 2)
+            self.recorded_rows["agt"] = _cls_log_probs(agt_query, key, self.scaling, mask).exp().mean(dim=1)
 
     def _fused(self, query, key, value, agt_query, mask) -> torch.Tensor:
         """C_F·V without materialising any N×N matrix.

@@ -9,6 +9,9 @@ epoch end; `Trainer.run()` resumes from the newest one in the run folder.
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import logging
 import math
 import random
@@ -25,7 +28,7 @@ from torch.nn import functional as F
 from services.student.alignment import alignment_loss
 from services.student.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from services.student.data import DatasetSplits, ImageSet
-from services.student.loader import BatchBuilder, Prefetcher
+from services.student.loader import MEAN, STD, BatchBuilder, Prefetcher
 from services.student.maps import MapSource
 from services.student.model import ABLATION_MODES, MODES, IViTForImageClassification, build_student, freeze_original
 
@@ -207,6 +210,55 @@ class Trainer:
             seen += len(batch.labels)
         return correct / seen if seen else None
 
+    # -- pictures ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_maps(self, count: int = 4) -> dict[str, Any]:
+        """C_VLM, C_AGT and C_VFM per layer for a few fixed validation images (the paper's Figure 5)."""
+        images = self.data.val if len(self.data.val) else self.data.train
+        subset = ImageSet(images.name, images.samples[:: max(1, len(images) // count)][:count])
+        size = self.model.config.image_size
+        grid = self.train_batches.grid
+        builder = BatchBuilder(subset, image_size=size, grid=grid, batch_size=count, seed=0, augment=False,
+                               map_source=self.train_batches.map_source, label_word=self.data.label_word)
+        batch = builder.build(0, 0) if len(subset) else None
+        if batch is None or not len(batch.labels):
+            return {"grid": list(grid), "samples": []}
+        layers = self.model.interaction_layers
+        self.model.eval()
+        for layer in layers:
+            layer.record_rows = True
+        try:
+            logits = self.model(pixel_values=batch.pixel_values.to(self.device)).logits
+        finally:
+            for layer in layers:
+                layer.record_rows = False
+        pixels = ((batch.pixel_values * STD + MEAN).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        samples = []
+        for i in range(len(batch.labels)):
+            has_map = batch.maps is not None and bool(batch.map_valid[i])
+            samples.append({
+                "label": self.data.classes[int(batch.labels[i])],
+                "predicted": self.data.classes[int(logits[i].argmax())],
+                "image": _png_base64(pixels[i]),
+                "vlm": [round(v, 5) for v in batch.maps[i].tolist()] if has_map else None,
+                "vfm": [[round(v, 5) for v in layer.recorded_rows["vfm"][i].tolist()] for layer in layers],
+                "agt": [[round(v, 5) for v in layer.recorded_rows["agt"][i].tolist()] for layer in layers]
+                if all("agt" in layer.recorded_rows for layer in layers) else None,
+            })
+        return {"epoch": self.epoch, "grid": list(grid), "samples": samples}
+
+    def _write_samples(self) -> Path | None:
+        try:
+            pictures = self.sample_maps()
+        except Exception:  # pictures are a nicety: never let them fail a run
+            log.exception("could not draw sample maps")
+            return None
+        folder = self.run_dir / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"epoch-{self.epoch:04d}.json"
+        path.write_text(json.dumps(pictures))
+        return path
+
     # -- the loop ----------------------------------------------------------------------------------
     def _accumulate(self, step: dict[str, float], waited: float, seconds: float) -> None:
         sums = self._epoch_sums
@@ -282,5 +334,16 @@ class Trainer:
             # the epoch is in the checkpoint before it is announced: a resume never counts it twice
             self.checkpoint()
             self.progress({"type": "epoch", **record})
+            samples = self._write_samples()
+            if samples is not None:
+                self.progress({"type": "samples", "epoch": self.epoch, "path": str(samples)})
         final = dict(self.history[-1]) if self.history else {}
         return TrainResult("completed", self.global_step, self.history, final)
+
+
+def _png_base64(pixels: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()

@@ -1,0 +1,70 @@
+"""The two HTML pages: shells that load plotly (from the installed package) and dashboard.js.
+
+No data is rendered on the server: the pages read the REST API with the team key the user enters,
+so a page is the same for everyone and a key never sits in HTML or a cookie.
+"""
+
+from __future__ import annotations
+
+import html
+
+_HEAD = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,"><title>{title}</title><link rel="stylesheet" href="/static/dashboard.css">
+<script src="/static/plotly.min.js"></script><script src="/static/dashboard.js" defer></script></head>
+<body data-page="{page}" data-job="{job}">
+<header><a href="/" class="brand">lfi</a><span class="sub">{title}</span>
+<form id="key-form" autocomplete="off"><input id="key" type="password" placeholder="team key" aria-label="team key">
+<button type="submit">Use key</button><span id="whoami"></span></form></header>
+<div id="notice" role="status"></div>
+"""
+
+_JOBS = """<main>
+<section class="card"><h2>Queue a training job</h2>
+<form id="job-form" novalidate>
+ <label>dataset <input name="dataset" required placeholder="synth" title="folder below LFI_DATA_ROOT"></label>
+ <label>model <select name="model"><option>vit-tiny</option><option>vit-s16</option><option>vit-b16</option>
+  <option>vit-l16</option></select></label>
+ <label>student <select name="student"><option value="ivit">I-ViT</option>
+  <option value="vit">ViT</option></select></label>
+ <label>ablation <select name="ablation"><option>none</option><option>no-constraint</option>
+  <option>constraint-on-original</option><option>no-gate</option></select></label>
+ <label>init <input name="init" value="scratch"></label>
+ <label>epochs <input name="epochs" type="number" value="5"></label>
+ <label>batch size <input name="batch_size" type="number" value="32"></label>
+ <label>learning rate <input name="lr" value="0.0005"></label>
+ <label>seed <input name="seed" type="number" value="0"></label>
+ <label>held-out domains <input name="eval_domains" placeholder="shifted"></label>
+ <label>checkpoint every <input name="checkpoint_every" type="number" value="50"></label>
+ <label>teacher prompt <input name="prompt" placeholder="default"></label>
+ <button type="submit" id="queue">Queue</button>
+</form><div id="form-errors" class="errors"></div></section>
+<section class="card"><h2>Jobs</h2><table id="jobs"><thead><tr><th></th><th>job</th><th>team</th><th>model</th>
+<th>status</th><th>progress</th><th>ETA</th><th>val top-1</th><th></th></tr></thead><tbody></tbody></table>
+<p class="hint">Tick jobs to compare them below.</p><div id="compare" class="chart"></div></section>
+<section class="card"><h2>Teacher</h2><div id="teacher-summary"></div>
+<div class="row"><div id="teacher-queue" class="chart half"></div>
+<div id="teacher-usage" class="chart half"></div></div>
+<div class="row"><div id="teacher-batches" class="chart half"></div>
+<div id="teacher-latency" class="chart half"></div></div>
+</section></main></body></html>"""
+
+_JOB = """<main>
+<section class="card"><h2>Job <code id="job-id">{job}</code> <span id="job-status" class="status"></span></h2>
+<div class="progress"><div id="job-progress" class="bar"></div></div><div id="job-summary"></div>
+<button id="cancel" hidden>Cancel</button><div id="job-error" class="errors"></div></section>
+<section class="card"><h2>Learning</h2><div class="row"><div id="loss" class="chart half"></div>
+<div id="top1" class="chart half"></div></div></section>
+<section class="card"><h2>Gates per layer (g·C_AGT + g·C_VFM)</h2><div id="gates" class="chart"></div></section>
+<section class="card"><h2>Where it looks: C_VLM, C_AGT, C_VFM (CLS row)</h2>
+<label>layer <input id="layer" type="range" min="0" max="0" value="0"> <span id="layer-value">0</span></label>
+<div id="samples"></div></section></main></body></html>"""
+
+
+def jobs_page() -> str:
+    return _HEAD.format(title="jobs", page="jobs", job="") + _JOBS
+
+
+def job_page(job_id: str) -> str:
+    safe = html.escape(job_id, quote=True)
+    return _HEAD.format(title=f"job {safe}", page="job", job=safe) + _JOB.format(job=safe)

@@ -1,0 +1,313 @@
+// lfi dashboard: polls the REST API with the team key kept in this tab's sessionStorage.
+"use strict";
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const state = { key: sessionStorage.getItem("lfi-key") || "", compare: new Set(), timers: [] };
+
+function notice(text) { document.getElementById("notice").textContent = text || ""; }
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ Authorization: "Bearer " + state.key }, options.headers || {});
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  let body = null;
+  try { body = await response.json(); } catch (e) { body = null; }
+  if (!response.ok) {
+    const error = (body && body.error) || { code: "http_" + response.status, message: response.statusText };
+    const failure = new Error(error.message);
+    failure.detail = error;
+    failure.status = response.status;
+    throw failure;
+  }
+  return body;
+}
+
+function fmtPct(v) { return v === null || v === undefined ? "–" : (100 * v).toFixed(1) + "%"; }
+function fmtEta(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 90) return Math.round(s) + " s";
+  if (s < 5400) return Math.round(s / 60) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+function el(tag, attrs = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "text") node.textContent = v; else if (k === "class") node.className = v; else node.setAttribute(k, v);
+  }
+  for (const child of children) node.appendChild(child);
+  return node;
+}
+const LAYOUT = { margin: { t: 30, r: 10, b: 40, l: 50 }, legend: { orientation: "h" }, height: 280 };
+function plot(id, traces, layout) {
+  const node = document.getElementById(id);
+  if (node) Plotly.react(node, traces, Object.assign({}, LAYOUT, layout), { displayModeBar: false, responsive: true });
+}
+
+// ---- key ------------------------------------------------------------------------------------------
+async function useKey(key) {
+  state.key = key;
+  try {
+    const me = await api("/me");
+    sessionStorage.setItem("lfi-key", key);
+    document.getElementById("whoami").textContent = me.team + (me.admin ? " (admin)" : "");
+    notice("");
+    return true;
+  } catch (e) {
+    sessionStorage.removeItem("lfi-key");
+    state.key = "";
+    document.getElementById("whoami").textContent = "";
+    notice("That key was refused: " + e.message);
+    return false;
+  }
+}
+
+function every(ms, fn) {
+  const run = async () => { try { await fn(); } catch (e) { notice(e.message); } };
+  run();
+  state.timers.push(setInterval(run, ms));
+}
+
+// ---- jobs page ------------------------------------------------------------------------------------
+function specFromForm(form) {
+  const data = new FormData(form);
+  const spec = {};
+  for (const [name, raw] of data.entries()) {
+    const value = String(raw).trim();
+    if (value === "") continue;
+    if (["epochs", "batch_size", "seed", "checkpoint_every"].includes(name)) spec[name] = Number(value);
+    else if (name === "lr") spec[name] = Number(value);
+    else if (name === "eval_domains") spec[name] = value.split(",").map((s) => s.trim()).filter(Boolean);
+    else spec[name] = value;
+  }
+  return spec;
+}
+
+async function queueJob(event) {
+  event.preventDefault();
+  const form = event.target;
+  const errors = document.getElementById("form-errors");
+  form.querySelectorAll(".invalid").forEach((n) => n.classList.remove("invalid"));
+  errors.textContent = "";
+  if (!state.key) { errors.textContent = "Enter your team key first."; return; }
+  try {
+    const record = await api("/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
+                                        body: JSON.stringify(specFromForm(form)) });
+    errors.textContent = "";
+    notice("queued job " + record.id);
+    await refreshJobs();
+  } catch (e) {
+    const fields = (e.detail && e.detail.fields) || {};
+    const lines = [];
+    for (const [name, message] of Object.entries(fields)) {
+      const input = form.querySelector(`[name="${name.split(".")[0]}"]`);
+      if (input) input.classList.add("invalid");
+      lines.push(`${name}: ${message}`);
+    }
+    errors.textContent = lines.length ? lines.join("\n") : e.message;
+  }
+}
+
+async function cancel(jobId) {
+  try { await api(`/jobs/${jobId}/cancel`, { method: "POST" }); notice("cancel requested for " + jobId); }
+  catch (e) { notice(e.message); }
+}
+
+function jobRow(job) {
+  const spec = job.spec || {};
+  const check = el("input", { type: "checkbox", "aria-label": "compare " + job.id });
+  check.checked = state.compare.has(job.id);
+  check.addEventListener("change", () => { check.checked ? state.compare.add(job.id) : state.compare.delete(job.id);
+                                           refreshCompare(); });
+  const bar = el("div", { class: "bar" });
+  bar.style.width = (100 * (job.progress || 0)).toFixed(1) + "%";
+  const actions = el("td");
+  if (!TERMINAL.has(job.status)) {
+    const button = el("button", { text: "Cancel", class: "cancel", "data-job": job.id });
+    button.addEventListener("click", () => cancel(job.id));
+    actions.appendChild(button);
+  }
+  const metrics = job.metrics || {};
+  return el("tr", { "data-job": job.id, "data-status": job.status }, [
+    el("td", {}, [check]),
+    el("td", {}, [el("a", { href: `/jobs/${job.id}/view`, text: job.id })]),
+    el("td", { text: job.team }),
+    el("td", { text: `${spec.model || ""} ${spec.student || ""}${spec.ablation && spec.ablation !== "none" ? " " + spec.ablation : ""}` }),
+    el("td", {}, [el("span", { class: "status " + job.status, text: job.status })]),
+    el("td", {}, [el("div", { class: "progress", title: fmtPct(job.progress) }, [bar])]),
+    el("td", { text: fmtEta(job.eta_s) }),
+    el("td", { text: fmtPct(metrics.val_top1) }),
+    actions,
+  ]);
+}
+
+async function refreshJobs() {
+  if (!state.key) return;
+  const { jobs } = await api("/jobs");
+  const body = document.querySelector("#jobs tbody");
+  body.replaceChildren(...jobs.map(jobRow));
+}
+
+async function refreshCompare() {
+  if (!state.key) return;
+  const traces = [];
+  for (const id of state.compare) {
+    const metrics = await api(`/jobs/${id}/metrics`);
+    const job = await api(`/jobs/${id}`);
+    const name = `${id.slice(0, 6)} ${job.spec.student}`;
+    const x = metrics.epochs.map((e) => e.epoch);
+    traces.push({ x, y: metrics.epochs.map((e) => e.val_top1), name: name + " val", mode: "lines+markers" });
+    const domains = new Set(metrics.epochs.flatMap((e) => Object.keys(e.heldout_top1 || {})));
+    for (const d of domains) {
+      traces.push({ x, y: metrics.epochs.map((e) => (e.heldout_top1 || {})[d]), name: `${name} ${d}`,
+                    mode: "lines+markers", line: { dash: "dot" } });
+    }
+  }
+  plot("compare", traces, { title: "top-1 per epoch", xaxis: { title: "epoch" }, yaxis: { range: [0, 1] } });
+}
+
+async function refreshTeacher() {
+  if (!state.key) return;
+  let stats;
+  try { stats = await api("/teacher/stats"); }
+  catch (e) { document.getElementById("teacher-summary").textContent = "teacher: " + e.message; return; }
+  const teams = Object.keys(stats.teams || {});
+  const hit = stats.cache && stats.cache.hit_rate;
+  document.getElementById("teacher-summary").textContent =
+    `model ${stats.model.id} · cache hit rate ${fmtPct(hit)}${stats.cache.degraded ? " (degraded)" : ""} · ` +
+    `GPU busy ${fmtPct(stats.gpu_busy_fraction)} · maps computed ${stats.engine_runs}`;
+  plot("teacher-queue", [
+    { type: "bar", name: "interactive", x: teams, y: teams.map((t) => stats.teams[t].queued.interactive) },
+    { type: "bar", name: "bulk", x: teams, y: teams.map((t) => stats.teams[t].queued.bulk) },
+  ], { title: "queue depth", barmode: "stack" });
+  plot("teacher-usage", [
+    { type: "bar", name: "maps today", x: teams, y: teams.map((t) => stats.teams[t].maps_today) },
+    { type: "bar", name: "daily quota", x: teams, y: teams.map((t) => stats.teams[t].daily_quota) },
+  ], { title: "usage against quota", yaxis: { type: "log" } });
+  const recent = stats.batches.recent || [];
+  plot("teacher-batches", [{ type: "histogram", x: recent.map((b) => b.size), name: "batch size" }],
+       { title: "batch sizes (recent)" });
+  plot("teacher-latency", [{ y: recent.map((b) => 1000 * b.seconds), mode: "lines", name: "batch ms" }],
+       { title: "batch latency, ms (recent)" });
+}
+
+function startJobsPage() {
+  document.getElementById("job-form").addEventListener("submit", queueJob);
+  every(1000, refreshJobs);
+  every(3000, refreshCompare);
+  every(2000, refreshTeacher);
+}
+
+// ---- job page -------------------------------------------------------------------------------------
+let samplesCache = null;
+
+function heat(values, grid, image, canvas) {
+  const size = 128;
+  canvas.width = size; canvas.height = size;
+  const ctx = canvas.getContext("2d");
+  const draw = () => {
+    if (image) { ctx.globalAlpha = 1; ctx.drawImage(image, 0, 0, size, size); }
+    if (!values) return;
+    const max = Math.max(...values, 1e-12);
+    const [gh, gw] = grid;
+    for (let i = 0; i < gh; i++) for (let j = 0; j < gw; j++) {
+      const v = values[i * gw + j] / max;
+      ctx.fillStyle = `rgba(255, ${Math.round(80 * (1 - v))}, 0, ${0.75 * v})`;
+      ctx.fillRect(j * size / gw, i * size / gh, size / gw + 0.5, size / gh + 0.5);
+    }
+  };
+  if (image && !image.complete) image.addEventListener("load", draw, { once: true }); else draw();
+}
+
+function renderSamples() {
+  const data = samplesCache;
+  const box = document.getElementById("samples");
+  if (!data || !data.samples.length) { box.textContent = "No sample maps yet (drawn at each epoch's end)."; return; }
+  const slider = document.getElementById("layer");
+  const layers = data.samples[0].vfm.length;
+  slider.max = String(layers - 1);
+  const layer = Math.min(Number(slider.value), layers - 1);
+  document.getElementById("layer-value").textContent = `${layer} (epoch ${data.epoch + 0})`;
+  box.replaceChildren(...data.samples.map((s) => {
+    const image = new Image();
+    image.src = "data:image/png;base64," + s.image;
+    const panels = [["image", null], ["C_VLM", s.vlm], ["C_AGT", s.agt ? s.agt[layer] : null], ["C_VFM", s.vfm[layer]]];
+    return el("div", { class: "sample" }, panels.map(([title, values]) => {
+      const canvas = el("canvas");
+      heat(values, data.grid, image, canvas);
+      const caption = title === "image" ? `${s.label} → ${s.predicted}` : (values ? title : title + " (none)");
+      return el("figure", {}, [canvas, el("figcaption", { text: caption })]);
+    }));
+  }));
+}
+
+async function refreshJob(jobId) {
+  if (!state.key) return;
+  const job = await api(`/jobs/${jobId}`);
+  const status = document.getElementById("job-status");
+  status.textContent = job.status; status.className = "status " + job.status;
+  document.getElementById("job-progress").style.width = (100 * (job.progress || 0)).toFixed(1) + "%";
+  const spec = job.spec;
+  document.getElementById("job-summary").textContent =
+    `${spec.model} ${spec.student} (${spec.ablation}) on ${spec.dataset} · team ${job.team} · ` +
+    `epoch ${job.epoch || 0}/${spec.epochs} · step ${job.global_step || 0}/${job.total_steps || "?"} · ETA ${fmtEta(job.eta_s)}` +
+    (job.starts > 1 ? ` · started ${job.starts} times (resumed)` : "");
+  document.getElementById("job-error").textContent = job.error || job.reason || "";
+  const button = document.getElementById("cancel");
+  button.hidden = TERMINAL.has(job.status);
+  const metrics = await api(`/jobs/${jobId}/metrics`);
+  const steps = metrics.steps;
+  plot("loss", [
+    { x: steps.map((s) => s.global_step), y: steps.map((s) => s.task_loss), name: "task loss", mode: "lines" },
+    { x: steps.map((s) => s.global_step), y: steps.map((s) => s.align_loss), name: "alignment loss", mode: "lines" },
+  ], { title: "loss per step", xaxis: { title: "step" } });
+  const epochs = metrics.epochs;
+  const x = epochs.map((e) => e.epoch);
+  const top1 = [
+    { x, y: epochs.map((e) => e.train_top1), name: "train", mode: "lines+markers" },
+    { x, y: epochs.map((e) => e.val_top1), name: "validation", mode: "lines+markers" },
+  ];
+  const domains = new Set(epochs.flatMap((e) => Object.keys(e.heldout_top1 || {})));
+  for (const d of domains) top1.push({ x, y: epochs.map((e) => (e.heldout_top1 || {})[d]), name: d, mode: "lines+markers" });
+  plot("top1", top1, { title: "top-1", xaxis: { title: "epoch" }, yaxis: { range: [0, 1] } });
+  const last = epochs.length ? epochs[epochs.length - 1] : null;
+  if (last && last.gates && last.gates.some((g) => g)) {
+    const layers = last.gates.map((_, i) => "layer " + i);
+    plot("gates", [
+      { type: "bar", name: "g (C_AGT)", x: layers, y: last.gates.map((g) => (g ? g[0] : null)) },
+      { type: "bar", name: "g (C_VFM)", x: layers, y: last.gates.map((g) => (g ? g[1] : null)) },
+    ], { title: `mean gate per layer, epoch ${last.epoch}`, yaxis: { range: [0, 1] } });
+  } else {
+    document.getElementById("gates").textContent = "No gates in this model (plain ViT or no-gate ablation), or no epoch yet.";
+  }
+}
+
+async function refreshSamples(jobId) {
+  if (!state.key) return;
+  samplesCache = await api(`/jobs/${jobId}/samples`);
+  renderSamples();
+}
+
+function startJobPage(jobId) {
+  document.getElementById("cancel").addEventListener("click", () => cancel(jobId));
+  document.getElementById("layer").addEventListener("input", renderSamples);
+  every(1000, () => refreshJob(jobId));
+  every(4000, () => refreshSamples(jobId));
+}
+
+// ---- start ----------------------------------------------------------------------------------------
+async function start() {
+  const page = document.body.dataset.page;
+  const begin = () => (page === "jobs" ? startJobsPage() : startJobPage(document.body.dataset.job));
+  document.getElementById("key-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const key = document.getElementById("key").value.trim();
+    if (key && (await useKey(key))) {
+      state.timers.forEach(clearInterval);
+      state.timers = [];
+      begin();
+    }
+  });
+  if (state.key && (await useKey(state.key))) begin();
+  else notice("Enter your team key to see your team's jobs.");
+}
+
+start();
