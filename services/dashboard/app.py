@@ -27,11 +27,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.dashboard.pages import job_page, jobs_page
 from shared.celery_config import make_celery
 from shared.errors import InvalidRequest, LfiError, NotFound, Unauthorized, Unavailable
-from shared.jobs import JobSpec, JobStatus, JobStore, submit_job
+from shared.jobs import JobSpec, JobStatus, JobStore, check_spec, submit_job
 from shared.settings import Settings
 from shared.teams import Team, TeamDirectory
 
 STATIC = Path(__file__).parent / "static"
+
+
+class SpecError(InvalidRequest):
+    def __init__(self, message: str, fields: dict[str, str]) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class Forbidden(LfiError):
@@ -155,8 +161,8 @@ def create_app(settings: Settings, teams: TeamDirectory) -> FastAPI:
     async def me(team: Team = Depends(authenticate)):
         return {"team": team.name, "admin": team.admin}
 
-    @app.post("/jobs", status_code=201)
-    async def queue_job(request: Request, team: Team = Depends(authenticate)):
+    async def spec_from(request: Request, team: Team) -> JobSpec:
+        """The posted spec, validated (also against the data root); SpecError names the fields at fault."""
         same_origin(request)
         if not request.headers.get("content-type", "").startswith("application/json"):
             raise LfiError("send the job spec as application/json", code="unsupported_media_type", status=415)
@@ -169,14 +175,36 @@ def create_app(settings: Settings, teams: TeamDirectory) -> FastAPI:
         if not team.admin or "team" not in body:
             body["team"] = team.name  # a team queues for itself; an admin may queue for anyone
         elif body["team"] not in teams.by_name:
-            return _error(InvalidRequest(f"unknown team {body['team']!r}"), {"team": "unknown team"})
+            raise SpecError(f"unknown team {body['team']!r}", {"team": "unknown team"})
         try:
             spec = JobSpec.model_validate(body)
         except ValidationError as exc:
-            message, fields = _describe(exc.errors())
-            return _error(InvalidRequest(message), fields)
+            raise SpecError(*_describe(exc.errors())) from None
+        try:
+            check_spec(spec, settings.data_root)
+        except InvalidRequest as exc:
+            field = "eval_domains" if "eval domain" in exc.message else "init" if "init" in exc.message else \
+                "map_store" if "map_store" in exc.message else "dataset"
+            raise SpecError(exc.message, {field: exc.message}) from None
+        return spec
+
+    @app.post("/jobs", status_code=201)
+    async def queue_job(request: Request, team: Team = Depends(authenticate)):
+        try:
+            spec = await spec_from(request, team)
+        except SpecError as exc:
+            return _error(exc, exc.fields)
         record = submit_job(store, celery, spec, settings.data_root)
         return JSONResponse(_public(record), status_code=201)
+
+    @app.post("/jobs/validate")
+    async def validate_job(request: Request, team: Team = Depends(authenticate)):
+        """A dry run of `POST /jobs`: 200 either way, so a form can show mistakes before queueing."""
+        try:
+            spec = await spec_from(request, team)
+        except SpecError as exc:
+            return {"valid": False, "message": exc.message, "fields": exc.fields}
+        return {"valid": True, "spec": spec.model_dump()}
 
     @app.get("/jobs")
     async def list_jobs(team: Team = Depends(authenticate), limit: int = 200):

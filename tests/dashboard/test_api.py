@@ -150,3 +150,14 @@ def test_pages_static_files_and_a_missing_teacher(dashboard):
     stats = httpx.get(server.url + "/teacher/stats", headers=_auth("alpha"))
     assert stats.status_code == 503 and "unreachable" in stats.json()["error"]["message"]
     assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
+
+
+def test_validate_is_a_dry_run_that_names_the_fields(dashboard):
+    server, store = dashboard
+    bad = httpx.post(server.url + "/jobs/validate", headers=_auth("alpha"), json={"dataset": "../x", "lr": -1})
+    assert bad.status_code == 200 and bad.json()["valid"] is False and "lr" in bad.json()["fields"]
+    outside = httpx.post(server.url + "/jobs/validate", headers=_auth("alpha"), json={"dataset": "../x"}).json()
+    assert outside["valid"] is False and "outside the data root" in outside["fields"]["dataset"]
+    good = httpx.post(server.url + "/jobs/validate", headers=_auth("alpha"), json={"dataset": "synth"}).json()
+    assert good["valid"] is True and good["spec"]["team"] == "alpha"
+    assert store.list() == []  # nothing queued

@@ -39,7 +39,13 @@ function el(tag, attrs = {}, children = []) {
 const LAYOUT = { margin: { t: 30, r: 10, b: 40, l: 50 }, legend: { orientation: "h" }, height: 280 };
 function plot(id, traces, layout) {
   const node = document.getElementById(id);
-  if (node) Plotly.react(node, traces, Object.assign({}, LAYOUT, layout), { displayModeBar: false, responsive: true });
+  if (!node) return;
+  const full = Object.assign({}, LAYOUT, layout);
+  if (typeof full.title === "string") full.title = { text: full.title, font: { size: 13 } };
+  for (const axis of ["xaxis", "yaxis"]) {
+    if (full[axis] && typeof full[axis].title === "string") full[axis] = Object.assign({}, full[axis], { title: { text: full[axis].title } });
+  }
+  Plotly.react(node, traces, full, { displayModeBar: false, responsive: true });
 }
 
 // ---- key ------------------------------------------------------------------------------------------
@@ -88,21 +94,26 @@ async function queueJob(event) {
   form.querySelectorAll(".invalid").forEach((n) => n.classList.remove("invalid"));
   errors.textContent = "";
   if (!state.key) { errors.textContent = "Enter your team key first."; return; }
+  const send = (path) => api(path, { method: "POST", headers: { "Content-Type": "application/json" },
+                                     body: JSON.stringify(specFromForm(form)) });
+  const showFields = (fields, message) => {
+    const lines = [];
+    for (const [name, text] of Object.entries(fields || {})) {
+      const input = form.querySelector(`[name="${name.split(".")[0]}"]`);
+      if (input) input.classList.add("invalid");
+      lines.push(`${name}: ${text}`);
+    }
+    errors.textContent = lines.length ? lines.join("\n") : message;
+  };
   try {
-    const record = await api("/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
-                                        body: JSON.stringify(specFromForm(form)) });
-    errors.textContent = "";
+    // the server checks the spec first (a dry run answers 200 either way), then it is queued
+    const check = await send("/jobs/validate");
+    if (!check.valid) { showFields(check.fields, check.message); return; }
+    const record = await send("/jobs");
     notice("queued job " + record.id);
     await refreshJobs();
   } catch (e) {
-    const fields = (e.detail && e.detail.fields) || {};
-    const lines = [];
-    for (const [name, message] of Object.entries(fields)) {
-      const input = form.querySelector(`[name="${name.split(".")[0]}"]`);
-      if (input) input.classList.add("invalid");
-      lines.push(`${name}: ${message}`);
-    }
-    errors.textContent = lines.length ? lines.join("\n") : e.message;
+    showFields(e.detail && e.detail.fields, e.message);
   }
 }
 
@@ -161,7 +172,7 @@ async function refreshCompare() {
                     mode: "lines+markers", line: { dash: "dot" } });
     }
   }
-  plot("compare", traces, { title: "top-1 per epoch", xaxis: { title: "epoch" }, yaxis: { range: [0, 1] } });
+  plot("compare", traces, { title: "top-1 per epoch", xaxis: { title: "epoch", dtick: 1 }, yaxis: { range: [0, 1] } });
 }
 
 async function refreshTeacher() {
@@ -267,7 +278,7 @@ async function refreshJob(jobId) {
   ];
   const domains = new Set(epochs.flatMap((e) => Object.keys(e.heldout_top1 || {})));
   for (const d of domains) top1.push({ x, y: epochs.map((e) => (e.heldout_top1 || {})[d]), name: d, mode: "lines+markers" });
-  plot("top1", top1, { title: "top-1", xaxis: { title: "epoch" }, yaxis: { range: [0, 1] } });
+  plot("top1", top1, { title: "top-1", xaxis: { title: "epoch", dtick: 1 }, yaxis: { range: [0, 1] } });
   const last = epochs.length ? epochs[epochs.length - 1] : null;
   if (last && last.gates && last.gates.some((g) => g)) {
     const layers = last.gates.map((_, i) => "layer " + i);
