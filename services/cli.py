@@ -75,6 +75,26 @@ def maps(
         console.print(f"[yellow]failed[/yellow] {rel}: {why}")
 
 
+@app.command("up")
+def up(
+    demo: bool = typer.Option(False, help="Build what is missing, make the synthetic set, queue a ViT and an I-ViT."),
+    host: str = typer.Option("127.0.0.1"),
+    teacher_port: int = typer.Option(8100),
+    dashboard_port: int = typer.Option(8300),
+    workers: int = typer.Option(1, help="Worker processes (one per GPU in production)."),
+    concurrency: int = typer.Option(2, help="Jobs at once per worker."),
+    demo_epochs: int = typer.Option(8, help="Epochs of each demo job."),
+    demo_size: int = typer.Option(100, help="Synthetic training images per class."),
+    exit_when_done: bool = typer.Option(False, help="With --demo: stop everything once both jobs have ended."),
+) -> None:
+    """Everything locally: Redis (LFI_REDIS_URL, or a local redis-server), teacher, worker, dashboard."""
+    from services.launcher import up as launch
+
+    raise typer.Exit(launch(host=host, teacher_port=teacher_port, dashboard_port=dashboard_port, workers=workers,
+                            concurrency=concurrency, demo=demo, demo_epochs=demo_epochs, demo_size=demo_size,
+                            exit_when_done=exit_when_done))
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
     logging.basicConfig(

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     data_root: Path = Path("data")
     runs_root: Path = Path("runs")
     cache_dir: Path = Path.home() / ".cache" / "lfi"
+    # Maps in Redis expire after this (0: never). With a TTL, Redis' `volatile-lru` evicts maps
+    # under memory pressure and never job records, queues or quotas.
+    map_ttl_s: int = 30 * 86400
     # Jobs. Celery's redelivery is not what recovers a dead worker's job (see shared/jobs.py):
     # a job lease that live workers renew, and reclaim when it goes stale, is.
     celery_visibility_timeout_s: float = 3600.0

@@ -67,6 +67,7 @@ class TeacherConfig:
     extraction: ExtractionSettings | None = None
     answer_backend: str = "transformers"
     max_pixels: int = 40_000_000
+    map_ttl_s: int | None = 30 * 86400  # maps expire, so Redis' volatile-lru can evict them (and only them)
 
 
 def _json(body: bytes, status: int = 200, headers: dict | None = None) -> Response:
@@ -210,7 +211,7 @@ def create_app(config: TeacherConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        cache = MapCache(config.redis_url)
+        cache = MapCache(config.redis_url, ttl_s=config.map_ttl_s)
         await cache.ping()
         limits = TeamLimits(cache)
 

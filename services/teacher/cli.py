@@ -204,7 +204,7 @@ def serve(
         model=model_dir, redis_url=settings.redis_url,
         teams=teams, dtype=dtype, device=device, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
         max_queue_per_team=max_queue, answer_backend=answer_backend, max_pixels=max_pixels,
-        max_body_bytes=max_body_mb * 1024 * 1024,
+        max_body_bytes=max_body_mb * 1024 * 1024, map_ttl_s=settings.map_ttl_s or None,
     )
     try:
         config.extraction = ExtractionSettings(
