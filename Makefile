@@ -23,11 +23,13 @@ lint: $(STAMP)
 test: $(STAMP)
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server) || echo "redis-server missing: service tests will be skipped"
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium missing: the browser test will be skipped"
+	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose) || echo "docker-compose missing: the compose check will be skipped"
 	$(BIN)/ruff check services shared tests bench scripts
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
-	$(BIN)/lfi teacher demo --out artifacts/demo
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	$(BIN)/lfi up --demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/teacher_extract.py
