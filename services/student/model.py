@@ -92,7 +92,7 @@ class InteractionAttention(ViTAttention):
         num_keys = (config.image_size // config.patch_size) ** 2 + 1
         self.gate = InteractionGate(num_keys, settings.gate_hidden) if has_gate else None
         self.num_keys = num_keys
-        self.explicit = False  # True: materialise the N×N matrices (the reference path, slower)
+        self.explicit = False  # True: the literal equations with explicit N×N matrices (the reference path)
         self.record_rows = False  # True: keep the CLS rows of C_AGT and C_VFM (head mean) for pictures
         self.recorded_rows: dict[str, torch.Tensor] = {}
         # Filled by each forward; read by the model right after (see IViTForImageClassification).
@@ -136,12 +136,13 @@ class InteractionAttention(ViTAttention):
             self.recorded_rows["agt"] = _cls_log_probs(agt_query, key, self.scaling, mask).exp().mean(dim=1)
 
     def _fused(self, query, key, value, agt_query, mask) -> torch.Tensor:
-        """C_F·V without materialising any N×N matrix.
+        """C_F·V without building any N×N matrix here (whether SDPA's kernel avoids them is PyTorch's choice).
 
         The gate's first layer is linear in the attention rows, C_AGT·W_a + C_VFM·W_v, which is
         attention with W_a (resp. W_v) as extra value columns; and C_F·V = g1·(C_AGT·V) + g2·(C_VFM·V)
         since the gates are per row. So two fused SDPA calls give everything; only the CLS row's
-        logits are computed apart, for the alignment loss. Equal to `_explicit` (tested).
+        logits are computed apart, for the alignment loss. Equal to `_explicit` (tested). On CPU, SDPA with
+        value width != query width runs its math kernel, so this is as fast as `_explicit` there, not faster.
         """
         dropout = self.attention_dropout if self.training else 0.0
         sdpa = F.scaled_dot_product_attention
