@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -111,6 +112,10 @@ def create_app(settings: Settings, teams: TeamDirectory) -> FastAPI:
     @app.exception_handler(LfiError)
     async def lfi_error(request: Request, exc: LfiError):
         return _error(exc)
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    async def redis_down(request: Request, exc: redis.exceptions.ConnectionError):
+        return _error(Unavailable("the job store (Redis) is unreachable; try again shortly", retry_after_s=5))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):

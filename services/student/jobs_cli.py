@@ -55,6 +55,9 @@ def train(
     follow: bool = typer.Option(True, help="Follow progress until the job ends (Ctrl-C stops following only)."),
 ) -> None:
     """Queue a training job, then follow it with a progress bar."""
+    import kombu.exceptions
+    import redis
+
     from shared.celery_config import make_celery
     from shared.errors import LfiError
     from shared.jobs import JobStore, submit_job
@@ -68,6 +71,9 @@ def train(
     except LfiError as exc:
         console.print(f"[red]refused:[/red] {exc.message}")
         raise typer.Exit(2) from None
+    except (redis.exceptions.ConnectionError, kombu.exceptions.OperationalError) as exc:
+        console.print(f"[red]error:[/red] Redis (LFI_REDIS_URL) is unreachable ({exc}); start it or fix the URL")
+        raise typer.Exit(1) from None
     print(json.dumps({"id": record["id"], "status": record["status"]}))
     if not follow:
         return

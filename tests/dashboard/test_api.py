@@ -161,3 +161,12 @@ def test_validate_is_a_dry_run_that_names_the_fields(dashboard):
     good = httpx.post(server.url + "/jobs/validate", headers=_auth("alpha"), json={"dataset": "synth"}).json()
     assert good["valid"] is True and good["spec"]["team"] == "alpha"
     assert store.list() == []  # nothing queued
+
+
+def test_redis_down_is_a_503_not_a_traceback(dashboard, redis_server):
+    server, _ = dashboard
+    redis_server.kill()
+    response = httpx.get(server.url + "/jobs", headers=_auth("alpha"), timeout=30)
+    assert response.status_code == 503 and "unreachable" in response.json()["error"]["message"]
+    assert httpx.get(server.url + "/readyz", timeout=30).status_code == 503
+    assert httpx.get(server.url + "/healthz").status_code == 200

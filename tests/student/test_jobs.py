@@ -218,3 +218,15 @@ def test_a_failing_job_says_why_in_its_record_and_the_worker_goes_on(stack):
     assert _events(store, bad, "status")[-1]["error"] == record["error"]
     good = _submit(settings, store, epochs=1)
     assert _wait_status(store, good, {"succeeded", "failed"})["status"] == "succeeded"
+
+
+def test_lfi_train_without_redis_says_so(tmp_path, data_root):
+    from tests.support.processes import free_port
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("dataset: small\n")
+    env = {"LFI_DATA_ROOT": str(data_root), "LFI_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+           "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "services.cli", "train", str(spec)], capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == 1 and "unreachable" in result.stderr and "Traceback" not in result.stderr
