@@ -277,7 +277,7 @@ def _decode_record(raw: dict[str, str]) -> dict[str, Any]:
         if name in raw:
             with contextlib.suppress(ValueError):
                 record[name] = json.loads(raw[name])
-    for name in ("starts", "epoch", "global_step", "epochs_reported"):
+    for name in ("starts", "epoch", "global_step", "epochs_reported", "total_steps"):
         if name in raw:
             record[name] = int(raw[name])
     if "progress" in raw:

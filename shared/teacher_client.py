@@ -63,7 +63,9 @@ class TeacherClient:
                 detail = f"{error['code']}: {error['message']}"
             except (ValueError, KeyError, TypeError):
                 detail = response.text[:300]
-            raise RuntimeError(f"teacher answered {response.status_code} ({detail})")
+            hint = "; check LFI_TEACHER_KEY (a team key from the teacher's teams file)" \
+                if response.status_code == 401 else ""
+            raise RuntimeError(f"teacher answered {response.status_code} ({detail}){hint}")
         return response.json()
 
     def info(self) -> dict:

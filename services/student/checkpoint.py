@@ -43,11 +43,16 @@ def save_checkpoint(run_dir: Path, global_step: int, model: torch.nn.Module, sta
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = Path(run_dir) / "checkpoints" / LATEST
-    if not pointer.exists():
-        return None
-    folder = pointer.parent / pointer.read_text().strip()
-    return folder if (folder / "trainer_state.pt").exists() else None
+    """The checkpoint `latest` names, or, if a crash left it pointing nowhere, the newest complete one."""
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / LATEST
+    if pointer.exists():
+        folder = root / pointer.read_text().strip()
+        if (folder / "trainer_state.pt").exists() and (folder / "model.safetensors").exists():
+            return folder
+    complete = [p for p in sorted(root.glob("step-*")) if (p / "trainer_state.pt").exists()
+                and (p / "model.safetensors").exists()]
+    return complete[-1] if complete else None
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module) -> dict[str, Any]:

@@ -17,10 +17,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from shared.errors import NotFound
 from shared.jobs import JobSpec, JobStatus, JobStore, check_spec, resolve_dataset
 from shared.settings import Settings
 
 log = logging.getLogger("lfi.student.jobs")
+MAX_STARTS = 5
 
 
 def worker_identity() -> str:
@@ -61,8 +63,8 @@ def run_job(job_id: str, store: JobStore, settings: Settings, worker: str | None
     worker = worker or worker_identity()
     try:
         record = store.get(job_id)
-    except Exception as exc:
-        log.error("job %s: no record (%s); dropping the message", job_id, exc)
+    except NotFound:
+        log.error("job %s: no record; dropping the message", job_id)
         return "unknown"
     if JobStatus(record["status"]).terminal:
         return "finished-already"
@@ -76,11 +78,18 @@ def run_job(job_id: str, store: JobStore, settings: Settings, worker: str | None
     with LeaseKeeper(store, job_id, worker, settings.job_lease_s) as lease:
         starts = store.redis.hincrby(store.key(job_id), "starts", 1)
         store.update(job_id, worker=worker)
+        if starts > MAX_STARTS:  # its workers keep dying (out of memory?): stop handing it out
+            store.set_status(job_id, JobStatus.failed, error=f"the job's worker died {starts - 1} times "
+                             f"(last at step {record.get('global_step', 0)}); see the worker logs")
+            return "failed"
         store.set_status(job_id, JobStatus.running)
         store.event(job_id, {"type": "started", "worker": worker, "attempt": starts})
         try:
             outcome = _train(job_id, record, store, settings, lease)
         except Exception as exc:
+            if lease.lost.is_set():  # another worker owns the job now; its outcome is that worker's to record
+                log.exception("job %s: error after its lease was lost", job_id)
+                return "lease-lost"
             log.exception("job %s failed", job_id)
             message = f"{type(exc).__name__}: {exc}"
             store.set_status(job_id, JobStatus.failed, error=message,
@@ -105,7 +114,15 @@ def _train(job_id: str, record: dict[str, Any], store: JobStore, settings: Setti
                          checkpoint_every=spec.checkpoint_every)
     data = discover(dataset, spec.eval_domains)
     cancelled = lambda: store.cancel_requested(job_id)  # noqa: E731
-    should_stop = lambda: lease.lost.is_set() or cancelled()  # noqa: E731
+
+    def should_stop() -> bool:
+        if lease.lost.is_set() or cancelled():
+            return True
+        if store.lease_holder(job_id) != lease.worker:  # fencing: a stalled worker notices before its next tick
+            lease.lost.set()
+            return True
+        return False
+
 
     def on_wait(reason: str | None) -> None:
         if reason is None:

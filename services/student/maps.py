@@ -10,6 +10,8 @@ and goes on when the teacher is back; it stops waiting only when `should_stop` s
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +27,9 @@ from shared.mapstore import MapStore
 from shared.teacher_client import TeacherClient, TeacherUnavailable, encode_image
 
 log = logging.getLogger("lfi.student.maps")
+# Per-item answers that mean "not now" rather than "never for this image": wait for them, like a teacher that is down.
+# (engine_error is not among them: an image that breaks the engine would be retried forever)
+TRANSIENT_CODES = {"rate_limited", "quota_exceeded", "unavailable", "timeout"}
 
 
 class Stopped(Exception):
@@ -80,6 +85,10 @@ class TeacherMaps:
     def _key(self, request: MapRequest) -> str:
         memo = (request.sample.rel, request.label)
         key = self._keys.get(memo)
+        if key is None and self.prompt is not None:
+            prompts = self._until_teacher_answers(self.client.info)["prompts"]
+            if self.prompt not in prompts:
+                raise ValueError(f"the teacher has no prompt {self.prompt!r}; it offers {sorted(prompts)}")
         if key is None:
             key = self._until_teacher_answers(
                 lambda: self.client.key_for(request.image, label=request.label, prompt=self.prompt))
@@ -93,11 +102,16 @@ class TeacherMaps:
         values = values.astype(np.float16)
         self._memory[key] = values
         path = self._disk_path(key)
-        if path is not None:
+        if path is None:
+            return
+        try:  # several jobs share the cache folder: a private temp file, then an atomic rename
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, values)
-            tmp.replace(path)
+            handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(handle, "wb") as out:
+                np.save(out, values)
+            os.replace(tmp, path)
+        except OSError as exc:  # the disk cache is an accelerator; the map is in memory anyway
+            log.warning("could not cache map %s on disk: %s", key, exc)
 
     def _local(self, key: str) -> np.ndarray | None:
         values = self._memory.get(key)
@@ -134,7 +148,7 @@ class TeacherMaps:
                 continue
             bodies = [{"image": encode_image(requests[i].image), "label": requests[i].label, "priority": "bulk",
                        **({"prompt": self.prompt} if self.prompt else {})} for i in to_compute]
-            answers = self._until_teacher_answers(lambda b=bodies: self.client.batch(b))
+            answers = self._until_teacher_answers(lambda b=bodies: _no_transient_errors(self.client.batch(b)))
             for i, answer in zip(to_compute, answers, strict=True):
                 if "error" in answer:
                     # this image trains without alignment; the reason is logged, not fatal
@@ -145,6 +159,14 @@ class TeacherMaps:
                 self._remember(keys[i], out[i])
                 self.stats["teacher_computed"] += 1
         return [None if v is None else v.astype(np.float32) for v in out]
+
+
+def _no_transient_errors(answers: list[dict]) -> list[dict]:
+    for answer in answers:
+        code = answer.get("error", {}).get("code")
+        if code in TRANSIENT_CODES:
+            raise TeacherUnavailable(f"teacher answered {code}: {answer['error']['message']}")
+    return answers
 
 
 class StoreMaps:

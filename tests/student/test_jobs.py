@@ -94,8 +94,8 @@ def test_kill_9_mid_job_resumes_from_the_checkpoint_on_another_worker(stack):
     first.kill9()
     killed_at = time.monotonic()
     start_worker("w2")
-    wait_for(lambda: store.get(job_id)["starts"] == 2, 60, "the job to start again")
-    assert time.monotonic() - killed_at < 60
+    wait_for(lambda: store.get(job_id)["starts"] == 2, 60, "the job to start again")  # raises after a minute
+    print(f"resumed {time.monotonic() - killed_at:.1f} s after the kill")
     record = _wait_status(store, job_id, {"succeeded", "failed"})
     assert record["status"] == "succeeded", record.get("error")
     resumed = _events(store, job_id, "resumed")
@@ -128,9 +128,12 @@ def test_cancel_a_running_and_a_queued_job(stack):
     assert store.request_cancel(queued)["status"] == "cancelled"
     store.request_cancel(running)
     record = _wait_status(store, running, {"cancelled", "succeeded", "failed"}, timeout_s=60)
-    assert record["status"] == "cancelled" and record["global_step"] < 400
-    time.sleep(2)  # the queued job's message reaches the worker now, and is dropped
+    assert record["status"] == "cancelled" and record["global_step"] < record["total_steps"]
+    # the queued job's message reaches the worker now, and is dropped without starting it
+    wait_for(lambda: any(e["type"] == "status" for _, e in store.events(queued)), 10, "events")
+    time.sleep(3)
     assert store.get(queued)["status"] == "cancelled" and store.get(queued)["starts"] == 0
+    assert _events(store, queued, "started") == []
 
 
 def test_teacher_down_mid_job_waits_then_finishes(stack):

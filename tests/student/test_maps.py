@@ -64,7 +64,7 @@ def test_while_the_teacher_is_down_the_student_waits_and_says_so(teacher, synth_
     assert waits[-1] is None  # and it said the wait is over
 
 
-def test_a_student_trains_from_an_exported_map_store_without_the_teacher(teacher, synth_small, tmp_path):
+def test_an_exported_map_store_serves_the_same_maps_without_the_teacher(teacher, synth_small, tmp_path):
     from services.teacher.bulk import BulkOptions, precompute
 
     server = teacher()

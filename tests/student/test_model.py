@@ -107,3 +107,29 @@ def test_a_wrong_image_size_is_a_clear_error():
 def test_unknown_model_size_is_refused():
     with pytest.raises(ValueError, match="unknown model"):
         student_config("vit-h14", 4, "full")
+
+
+@pytest.mark.parametrize("mode", ["full", "no-gate", "constraint-on-original", "no-constraint"])
+def test_the_fused_attention_equals_the_papers_equations(mode):
+    torch.manual_seed(0)
+    model = build_student("vit-tiny", 4, mode).double().eval()
+    with torch.no_grad():  # a gate away from its 0.5 start, so both gates matter
+        for attention in model.interaction_layers:
+            if attention.gate is not None:
+                attention.gate.out.bias.copy_(torch.tensor([1.5, -0.7], dtype=torch.float64))
+    pixels = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    fused = model.forward_interactions(pixels)
+    for attention in model.interaction_layers:
+        attention.explicit = True
+    literal = model.forward_interactions(pixels)
+    assert torch.allclose(fused.logits, literal.logits, atol=1e-10)
+    for a, b in zip(fused.alignment, literal.alignment, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+    for a, b in zip(fused.gates, literal.gates, strict=True):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-10)
+
+
+def test_mean_rows_alignment_is_a_distribution_over_patches():
+    model = build_student("vit-tiny", 4, "full", align_rows="mean")
+    out = model.forward_interactions(torch.randn(2, 3, 64, 64))
+    assert all(torch.allclose(a.exp().sum(-1), torch.ones(2, 3), atol=1e-5) for a in out.alignment)

@@ -92,3 +92,15 @@ def test_cancel_stops_at_the_next_step(synth_small, tmp_path):
 def test_an_aligned_student_without_maps_is_refused(synth_small, tmp_path):
     with pytest.raises(ValueError, match="map source"):
         Trainer(TrainConfig(), discover(synth_small, ["shifted"]), tmp_path)
+
+
+def test_a_checkpoint_pointer_left_dangling_by_a_crash_falls_back_to_the_newest_complete_one(synth_small, tmp_path):
+    from services.student.checkpoint import latest_checkpoint
+
+    _trainer(synth_small, tmp_path, checkpoint_every=2, max_steps=4).run()
+    newest = latest_checkpoint(tmp_path)
+    (tmp_path / "checkpoints" / "latest").write_text("step-99999999")  # renamed away mid-save
+    assert latest_checkpoint(tmp_path) == newest
+    resumed = _trainer(synth_small, tmp_path, checkpoint_every=2, max_steps=6)
+    resumed.run()
+    assert resumed.global_step == 6
