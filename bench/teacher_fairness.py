@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.teacher_service import _png, start_teacher
+from bench.teacher_service import _png, model_or_tiny, start_teacher
 from tests.support.processes import TEAM_KEYS, RedisServer
 
 BETA_CLIENTS = 4
@@ -145,11 +145,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        model = args.model
-        if model is None:
-            from services.teacher.tiny import build_tiny_checkpoint
-
-            model = str(build_tiny_checkpoint(tmp / "tiny", "tiny"))
+        model = model_or_tiny(args.model, tmp)
         redis = RedisServer(tmp).start()
         try:
             server = start_teacher(tmp, model, redis, "--max-batch-size", "8", "--max-wait-ms", "5")

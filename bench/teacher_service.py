@@ -40,6 +40,15 @@ def _png(seed: int, size: int = 64) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def model_or_tiny(model: str | None, tmp: Path) -> str:
+    """The checkpoint given on the command line, or the tiny one built into `tmp`."""
+    if model is not None:
+        return model
+    from services.teacher.tiny import build_tiny_checkpoint
+
+    return str(build_tiny_checkpoint(tmp / "tiny", "tiny"))
+
+
 def start_teacher(tmp: Path, model: str, redis: RedisServer, *args: str) -> ServiceProcess:
     env = {"LFI_TEAMS_FILE": str(write_teams_file(tmp / "teams.yaml")), "LFI_REDIS_URL": redis.url,
            "LFI_TEACHER_MODEL": model}
@@ -135,11 +144,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        model = args.model
-        if model is None:
-            from services.teacher.tiny import build_tiny_checkpoint
-
-            model = str(build_tiny_checkpoint(tmp / "tiny", "tiny"))
+        model = model_or_tiny(args.model, tmp)
         redis = RedisServer(tmp).start()
         rows = []
         try:

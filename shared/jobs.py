@@ -91,6 +91,8 @@ class JobSpec(BaseModel):
     @field_validator("align_layers")
     @classmethod
     def _non_negative(cls, layers: list[int] | None) -> list[int] | None:
+        if layers is not None and not layers:
+            raise ValueError("align_layers is empty: omit it to align every layer")
         if layers is not None and any(i < 0 for i in layers):
             raise ValueError("align_layers are layer indices, 0 or more")
         return layers

@@ -82,6 +82,10 @@ def train(
     except KeyboardInterrupt:
         console.print(f"stopped following; job {record['id']} goes on (cancel it from the dashboard)")
         raise typer.Exit(130) from None
+    except redis.exceptions.ConnectionError as exc:
+        console.print(f"[red]error:[/red] lost Redis while following ({exc}); job {record['id']} goes on "
+                      "wherever its worker can reach Redis")
+        raise typer.Exit(1) from None
     raise typer.Exit(0 if status == "succeeded" else 1)
 
 

@@ -165,7 +165,7 @@ def test_bad_specs_are_refused_at_queue_time(stack, fields, message):
 
 
 @pytest.mark.parametrize("fields", [{"lr": -0.1}, {"model": "vit-huge"}, {"epochs": 0}, {"colour": "red"},
-                                    {"eval_domains": ["../x"]}])
+                                    {"eval_domains": ["../x"]}, {"align_layers": []}, {"align_layers": [-1]}])
 def test_invalid_spec_fields_are_rejected(fields):
     with pytest.raises(ValidationError):
         JobSpec(dataset="small", **fields)

@@ -87,6 +87,20 @@ def write_teams_file(path: Path, overrides: dict | None = None) -> Path:
     return path
 
 
+def stop_group(proc: subprocess.Popen | None, sig: int, grace_s: float) -> None:
+    """Send `sig` to the process group, then SIGKILL it if it has not exited within `grace_s`."""
+    if proc is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 class ServiceProcess:
     """`python -m services.cli <args> --port P` as a subprocess, stopped with SIGINT then SIGKILL."""
 
@@ -122,16 +136,7 @@ class ServiceProcess:
         return self
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        stop_group(self.proc, signal.SIGINT, grace_s=15)
         self.proc = None
 
 
@@ -160,19 +165,9 @@ class CeleryWorker:
         return self
 
     def kill9(self) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.proc = None
+        stop_group(self.proc, signal.SIGKILL, grace_s=10)
+        self.proc = None
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill9()
+        stop_group(self.proc, signal.SIGTERM, grace_s=20)
         self.proc = None
