@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.student.synth import generate
+from shared.synth import generate
 from shared.celery_config import make_celery
 from shared.jobs import JobSpec, JobStore, submit_job
 from shared.settings import Settings

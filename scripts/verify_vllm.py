@@ -10,18 +10,21 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+from PIL import Image
 
 
 def main() -> int:
-    from services.teacher.demo import SHAPES, demo_image
+    from services.teacher.demo import demo_sample
     from services.teacher.engine import InteractionEngine, InteractionRequest
+    from shared.synth import CLASSES
 
     model_dir = sys.argv[1]
     requests = []
     for i in range(6):
-        image, _ = demo_image(SHAPES[i % 3], "dots", seed=i)
-        requests.append(InteractionRequest(image=image, vocabulary=list(SHAPES)))
-        requests.append(InteractionRequest(image=image, label=SHAPES[i % 3]))
+        sample = demo_sample(i)
+        image = Image.fromarray(sample.image)
+        requests.append(InteractionRequest(image=image, vocabulary=list(CLASSES)))
+        requests.append(InteractionRequest(image=image, label=sample.cls))
     reference = InteractionEngine.from_pretrained(model_dir).extract_batch(requests)
     engine = InteractionEngine.from_pretrained(model_dir, answer_backend="vllm")
     candidate = engine.extract_batch(requests)

@@ -203,7 +203,7 @@ def up(*, host: str, teacher_port: int, dashboard_port: int, workers: int, concu
 
 
 def _queue_demo(settings, data_root: Path, epochs: int, size: int, redis_url: str) -> list[str]:
-    from services.student.synth import generate
+    from shared.synth import generate
     from shared.celery_config import make_celery
     from shared.jobs import JobSpec, JobStore, submit_job
 

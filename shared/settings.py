@@ -15,7 +15,7 @@ class Settings(BaseSettings):
     teacher_url: str = "http://127.0.0.1:8100"
     teacher_key: str | None = None  # bearer key the CLI and students send to the teacher
     # A hub id, a local folder, or "builtin:<preset>" for the project's own offline checkpoint.
-    teacher_model: str = "builtin:tiny"
+    teacher_model: str = "builtin:tiny-synth"
     teams_file: Path | None = None
     data_root: Path = Path("data")
     runs_root: Path = Path("runs")

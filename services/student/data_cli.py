@@ -33,7 +33,7 @@ def synth(
     """Write the synthetic shape/texture set: train, val and a background-shifted test split, with masks."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from services.student.synth import CLASSES, SPLITS, generate, validate_arguments
+    from shared.synth import CLASSES, SPLITS, generate, validate_arguments
 
     try:  # before the progress bar, so a bad argument is just one error line
         validate_arguments(n, val, shifted, correlation, seed, image_size)

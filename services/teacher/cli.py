@@ -39,6 +39,63 @@ def build_tiny(
     console.print(f"[green]built[/green] {path} ({size:.1f} MB)")
 
 
+@teacher_app.command("train-tiny")
+def train_tiny(
+    out_dir: Path = typer.Argument(..., help="Folder to write the trained checkpoint to."),
+    seed: int = typer.Option(0, help="Weights and prompt variants follow from this seed."),
+    data_seed: int = typer.Option(1000, help="Synthetic image stream the teacher trains on."),
+    vision_steps: int = typer.Option(None, help="Stage-1 steps of the vision tower (default: the shipped one's)."),
+    steps: int = typer.Option(None, help="Stage-2 steps answering (default: the shipped checkpoint's)."),
+    batch_size: int = typer.Option(None, help="Images per step (default: the shipped checkpoint's)."),
+    lr: float = typer.Option(None, help="Peak learning rate (default: the shipped checkpoint's)."),
+    measure: int = typer.Option(64, help="Held-out images to score the maps on (0: skip)."),
+) -> None:
+    """Train the tiny LLaVA-architecture teacher on the synthetic shapes (CPU, minutes)."""
+    from dataclasses import replace
+
+    from services.teacher.train_tiny import TinyTrainConfig, finish_checkpoint, train_tiny_teacher
+
+    given = {k: v for k, v in {"steps": steps, "vision_steps": vision_steps, "batch_size": batch_size,
+                               "lr": lr}.items() if v is not None}
+    try:
+        config = replace(TinyTrainConfig(seed=seed, data_seed=data_seed), **given)
+    except ValueError as exc:
+        _fail(str(exc))
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"{out_dir} exists and is not a folder")
+    with Progress(console=console) as progress:
+        tasks = {"vision": progress.add_task("stage 1: vision tower", total=config.vision_steps),
+                 "answer": progress.add_task("stage 2: answers", total=config.steps)}
+
+        def on_step(stage: str, step: int, loss: float) -> None:
+            progress.update(tasks[stage], advance=1, description=f"stage {1 if stage == 'vision' else 2}: "
+                            f"{'vision tower' if stage == 'vision' else 'answers'} (loss {loss:.3f})")
+
+        report = train_tiny_teacher(out_dir, config, on_step=on_step)
+        if measure:
+            progress.add_task(f"scoring maps on {measure} held-out images", total=None)
+            finish_checkpoint(report, images=measure)
+    size = sum(f.stat().st_size for f in out_dir.iterdir()) / 1e6
+    console.print(f"[green]trained[/green] {out_dir} ({size:.1f} MB) in {report.seconds:.0f} s; "
+                  f"answers on held-out images: {json.dumps(report.evaluation)}")
+
+
+def _extraction(model_dir: str, layers: str | None, rows: str | None, head_reduce: str | None):
+    """The checkpoint's recommended extraction settings with the options given on the command line."""
+    from dataclasses import replace
+
+    from services.teacher.engine import recommended_settings
+
+    given: dict = {}
+    if layers:
+        given["layers"] = tuple(int(v) for v in layers.split(","))
+    if rows is not None:
+        given["rows"] = rows
+    if head_reduce is not None:
+        given["head_reduce"] = head_reduce
+    return replace(recommended_settings(model_dir), **given)
+
+
 def _parse_box(text: str):
     from shared.schemas import Box
 
@@ -70,14 +127,17 @@ def extract(
     box: list[str] = typer.Option(None, help="x0,y0,x1,y1:label (dense tasks; repeat for more boxes)."),
     prompt: str = typer.Option(None, help="Prompt template id (default per task)."),
     grid: str = typer.Option(None, help="Resample to HxW, e.g. 14x14."),
-    layers: str = typer.Option(None, help="Comma-separated text layers to average (default all)."),
+    layers: str = typer.Option(None, help="Comma-separated text layers to average (default: the checkpoint's "
+                               "recommendation, else all)."),
+    rows: str = typer.Option(None, help="word | predicting: whose attention row stands for a word (default: "
+                             "the checkpoint's recommendation, else word)."),
     out: Path = typer.Option(Path("maps"), help="Writes <name>.npy, <name>-map.png and results.jsonl here."),
     batch_size: int = typer.Option(8, help="Sequences per forward pass."),
     device: str = typer.Option("cpu"),
     dtype: str = typer.Option("float32"),
 ) -> None:
     """Compute interaction maps for image files and save them with overlays."""
-    from services.teacher.engine import ExtractionSettings, InteractionEngine, InteractionRequest
+    from services.teacher.engine import InteractionEngine, InteractionRequest
     from services.teacher.overlay import overlay
     from services.teacher.tiny import resolve_model
     from shared.errors import LfiError
@@ -86,10 +146,9 @@ def extract(
 
     settings = get_settings()
     try:
-        layer_ids = tuple(int(v) for v in layers.split(",")) if layers else None
         model_dir = resolve_model(model or settings.teacher_model, settings.cache_dir)
         engine = InteractionEngine.from_pretrained(
-            model_dir, device=device, dtype=dtype, settings=ExtractionSettings(layers=layer_ids),
+            model_dir, device=device, dtype=dtype, settings=_extraction(model_dir, layers, rows, None),
             max_batch_size=batch_size,
         )
     except LfiError as exc:
@@ -130,7 +189,7 @@ def extract(
 @teacher_app.command("demo")
 def demo(
     out: Path = typer.Option(Path("artifacts/demo"), help="Where images, maps and overlays go."),
-    n_images: int = typer.Option(6, help="How many synthetic images."),
+    n_images: int = typer.Option(8, help="How many synthetic images."),
 ) -> None:
     """Build the tiny teacher if needed, then show where it looks on synthetic images."""
     from services.teacher.demo import run_demo
@@ -147,16 +206,21 @@ def demo(
             rows = run_demo(model_dir, out, n_images=n_images, progress=lambda: progress.advance(bar))
     except LfiError as exc:
         _fail(exc.message)
-    table = Table("image", "truth", "VLM answer", "status", "degenerate", "ms")
+    table = Table("image", "truth", "VLM answer", "status", "map on shape", "shape area", "ms")
     for row in rows:
-        table.add_row(row["image"], row["truth"], row["answer"], row["status"], str(row["degenerate"]),
-                      str(row["compute_ms"]))
+        table.add_row(row["image"], row["truth"], row["answer"], row["status"], f"{row['mass_on_shape']:.2f}",
+                      f"{row['shape_area']:.2f}", str(row["compute_ms"]))
     Console().print(table)
     console.print(f"overlays and maps in [bold]{out}[/bold] (model {model_dir})")
-    if settings.teacher_model.startswith("builtin:"):
-        console.print("[yellow]note:[/yellow] the built-in tiny teacher has random weights: the machinery is "
-                      "real, its answers and maps are not meaningful. Set LFI_TEACHER_MODEL to a LLaVA-1.5 "
-                      "checkpoint (e.g. llava-hf/llava-1.5-7b-hf) for real maps.")
+    from services.teacher.tiny import PRESETS, TRAINED_SPEC
+
+    if settings.teacher_model == TRAINED_SPEC:
+        console.print("[yellow]note:[/yellow] the built-in teacher is a tiny LLaVA trained on these synthetic "
+                      "shapes only; set LFI_TEACHER_MODEL to a LLaVA-1.5 checkpoint (e.g. "
+                      "llava-hf/llava-1.5-7b-hf) for real images.")
+    elif settings.teacher_model.removeprefix("builtin:") in PRESETS:
+        console.print("[yellow]note:[/yellow] this built-in teacher has random weights: the machinery is "
+                      "real, its answers and maps are not meaningful. builtin:tiny-synth is trained.")
 
 
 @teacher_app.command("serve")
@@ -172,14 +236,15 @@ def serve(
     answer_backend: str = typer.Option("transformers", help="transformers | vllm"),
     max_pixels: int = typer.Option(40_000_000, help="Largest image accepted (pixels)."),
     max_body_mb: int = typer.Option(64, help="Largest request body accepted (MiB)."),
-    layers: str = typer.Option(None, help="Comma-separated text layers averaged into maps (default all)."),
-    head_reduce: str = typer.Option("mean", help="mean | max over heads."),
+    layers: str = typer.Option(None, help="Comma-separated text layers averaged into maps (default: the "
+                               "checkpoint's recommendation, else all)."),
+    rows: str = typer.Option(None, help="word | predicting (default: the checkpoint's recommendation, else word)."),
+    head_reduce: str = typer.Option(None, help="mean | max over heads (default mean)."),
 ) -> None:
     """Serve /interactions over HTTP (needs LFI_TEAMS_FILE; Redis at LFI_REDIS_URL, optional)."""
     import uvicorn
 
     from services.teacher.app import TeacherConfig, create_app
-    from services.teacher.engine import ExtractionSettings
     from services.teacher.tiny import resolve_model
     from shared.errors import LfiError
     from shared.settings import get_settings
@@ -207,10 +272,9 @@ def serve(
         max_body_bytes=max_body_mb * 1024 * 1024, map_ttl_s=settings.map_ttl_s or None,
     )
     try:
-        config.extraction = ExtractionSettings(
-            layers=tuple(int(v) for v in layers.split(",")) if layers else None, head_reduce=head_reduce)
+        config.extraction = _extraction(model_dir, layers, rows, head_reduce)
     except (LfiError, ValueError) as exc:
-        _fail(f"--layers/--head-reduce: {exc}")
+        _fail(f"--layers/--rows/--head-reduce: {getattr(exc, 'message', exc)}")
     uvicorn.run(create_app(config), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 

@@ -8,11 +8,13 @@ pass over prompt + answer with attention capture (where its answer words look).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +51,9 @@ MAX_BOXES = 64
 MAX_GRID = 256
 
 
+ROW_CHOICES = ("word", "predicting")
+
+
 @dataclass(frozen=True)
 class ExtractionSettings:
     """How attention becomes a map; every field is part of the cache key."""
@@ -56,13 +61,41 @@ class ExtractionSettings:
     layers: tuple[int, ...] | None = None  # text layers averaged (None: all)
     heads: tuple[int, ...] | None = None  # heads per layer (None: all)
     head_reduce: str = "mean"  # "mean" | "max"
+    # Whose attention row stands for an answer word: "word", the word token's own query, or
+    # "predicting", the query one position earlier, whose output predicts the word (what
+    # `generate(output_attentions=True)` reports for the step that wrote it).
+    rows: str = "word"
 
     def __post_init__(self) -> None:
         if self.head_reduce not in {"mean", "max"}:
             raise InvalidRequest(f"head_reduce must be 'mean' or 'max', got {self.head_reduce!r}")
+        if self.rows not in ROW_CHOICES:
+            raise InvalidRequest(f"rows must be one of {', '.join(ROW_CHOICES)}, got {self.rows!r}")
 
     def as_dict(self) -> dict:
-        return {"layers": self.layers, "heads": self.heads, "head_reduce": self.head_reduce, "version": 1}
+        return {"layers": self.layers, "heads": self.heads, "head_reduce": self.head_reduce, "rows": self.rows,
+                "version": 2}
+
+
+EXTRACTION_FILE = "lfi_extraction.json"
+
+
+def recommended_settings(model_dir: str | Path) -> ExtractionSettings:
+    """The settings a checkpoint folder recommends (its `lfi_extraction.json`), else the defaults.
+
+    Which layers' attention points at the object is a property of the weights, so the project's
+    trained checkpoints carry the choice their measurement made (docs/method.md).
+    """
+    path = Path(model_dir) / EXTRACTION_FILE
+    if not path.is_file():
+        return ExtractionSettings()
+    try:
+        data = json.loads(path.read_text())
+        layers = data.get("layers")
+        return ExtractionSettings(layers=tuple(int(v) for v in layers) if layers is not None else None,
+                                  rows=data.get("rows", "word"), head_reduce=data.get("head_reduce", "mean"))
+    except (ValueError, TypeError, AttributeError, InvalidRequest) as exc:
+        raise InvalidRequest(f"{path} is not a valid extraction file ({exc}); delete it or fix it") from None
 
 
 @dataclass
@@ -227,6 +260,8 @@ class InteractionEngine:
                         revision: str | None = None, answer_backend: str = "transformers",
                         **kwargs) -> InteractionEngine:
         """Load a checkpoint; `answer_backend="vllm"` writes answers with vLLM (optional extra)."""
+        if kwargs.get("settings") is None:
+            kwargs["settings"] = recommended_settings(model_id)
         engine = cls(load_vlm(model_id, dtype=dtype, device=device, revision=revision), **kwargs)
         if answer_backend == "vllm":
             from services.teacher.vllm_answer import VllmAnswerer
@@ -384,7 +419,8 @@ class InteractionEngine:
         for run, seq in zip(runs, sequences, strict=True):
             # answer token i sits at (left padding) + (expanded prompt before the answer) + i
             offset = length - len(seq) + len(self._expand(run.plan.prompt_ids[: run.plan.answer_start]))
-            picked = [offset + i for i in run.fore_rows + run.back_rows] or [length - 1]
+            shift = 1 if self.settings.rows == "predicting" else 0
+            picked = [offset + i - shift for i in run.fore_rows + run.back_rows] or [length - 1]
             rows.append(picked)
             image_positions = (batch["input_ids"][len(rows) - 1] == self.image_token_id).nonzero().squeeze(1)
             cols.append(image_positions)

@@ -70,6 +70,10 @@ PRESETS: dict[str, TinyPreset] = {
     # The bundled offline teacher: real LLaVA-1.5 token geometry (24x24 = 576 image
     # tokens), widths small enough that CPU tests run in milliseconds.
     "tiny": TinyPreset(),
+    # The trained teacher's shapes (`lfi teacher train-tiny`): the 64 px synthetic images at their
+    # own resolution, 8 px patches (an 8x8 token grid, the vit-tiny student's grid), so a CPU
+    # trains it in minutes and each token sees a piece of texture it can name.
+    "tiny-synth": TinyPreset(image_size=64, patch_size=8, vision_layers=3),
     # Same, with grouped-query attention in the text model (2 KV heads for 4 query heads).
     "tiny-gqa": TinyPreset(text_hidden=128, text_heads=4, text_kv_heads=2, text_intermediate=256),
     # LLaVA-1.5 geometry at a width a 2-core CPU can time in seconds (benchmarks).
@@ -250,15 +254,40 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_VERSION = 1  # bump when the builder's output changes, so caches rebuild
 
 
+# The tiny teacher trained on the synthetic shapes (`lfi teacher train-tiny`), shipped in the package.
+TRAINED_NAME = "tiny-synth"
+TRAINED_SPEC = BUILTIN_PREFIX + TRAINED_NAME
+SHIPPED_DIR = Path(__file__).with_name("checkpoints") / TRAINED_NAME
+
+
+def _trained_folder(cache_dir: Path) -> Path:
+    """The shipped trained teacher; when a checkout lacks it, train it once into the cache (minutes)."""
+    if (SHIPPED_DIR / "model.safetensors").is_file():
+        return SHIPPED_DIR
+    folder = Path(cache_dir) / f"{TRAINED_NAME}-v{BUILTIN_VERSION}"
+    if not (folder / "model.safetensors").is_file():
+        import logging
+
+        from services.teacher.train_tiny import train_tiny_teacher
+
+        logging.getLogger("lfi.teacher.tiny").warning(
+            "no shipped %s checkpoint; training it into %s (a few minutes, once)", TRAINED_NAME, folder)
+        train_tiny_teacher(folder)
+    return folder
+
+
 def resolve_model(spec: str, cache_dir: Path) -> str:
-    """Turn "builtin:<preset>" into a checkpoint folder (built once, then reused); pass others through."""
+    """Turn "builtin:<name>" into a checkpoint folder (built once, then reused); pass others through."""
     if not spec.startswith(BUILTIN_PREFIX):
         return spec
     preset = spec[len(BUILTIN_PREFIX):]
+    if preset == TRAINED_NAME:
+        return str(_trained_folder(Path(cache_dir)))
     if preset not in PRESETS:
         from shared.errors import InvalidRequest
 
-        raise InvalidRequest(f"unknown built-in model {spec!r}; choose builtin:<{'|'.join(PRESETS)}>")
+        choices = "|".join([TRAINED_NAME, *PRESETS])
+        raise InvalidRequest(f"unknown built-in model {spec!r}; choose builtin:<{choices}>")
     folder = Path(cache_dir) / f"{preset}-llava-v{BUILTIN_VERSION}"
     if not (folder / "model.safetensors").exists():
         build_tiny_checkpoint(folder, preset)

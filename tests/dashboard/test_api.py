@@ -17,7 +17,7 @@ def _auth(team: str) -> dict[str, str]:
 
 @pytest.fixture
 def dashboard(tmp_path, redis_server):
-    from services.student.synth import generate
+    from shared.synth import generate
 
     data_root = tmp_path / "data"
     generate(data_root / "synth", n_train_per_class=2, n_val_per_class=1, n_shifted_per_class=1, seed=0)

@@ -19,7 +19,7 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "test-screensh
 
 @pytest.fixture
 def running_stack(tmp_path, redis_server, teacher):
-    from services.student.synth import generate
+    from shared.synth import generate
 
     data_root = tmp_path / "data"
     generate(data_root / "small", n_train_per_class=8, n_val_per_class=2, n_shifted_per_class=2, seed=0)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """`small`: 32 images (4 steps of 8 per epoch); `medium`: 160 images (20 steps per epoch)."""
-    from services.student.synth import generate
+    from shared.synth import generate
 
     root = tmp_path_factory.mktemp("data")
     generate(root / "small", n_train_per_class=8, n_val_per_class=2, n_shifted_per_class=2, seed=0)

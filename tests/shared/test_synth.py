@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from services.student.data_cli import data_app
-from services.student.synth import BACKGROUNDS, CLASSES, SPLITS, generate, make_sample, read_annotations
+from shared.synth import BACKGROUNDS, CLASSES, SPLITS, generate, make_sample, read_annotations
 
 SMALL = {"n_train_per_class": 6, "n_val_per_class": 3, "n_shifted_per_class": 4}
 

@@ -1,0 +1,179 @@
+"""Does learning where to look help? ViT against I-ViT on a set where the background predicts the class.
+
+The synthetic set (`shared.synth`) gives each shape class its own texture with probability
+`--correlation` in `train` and `val`, and never in `shifted`. A model that reads the texture scores
+well in-domain and falls on `shifted`; one that reads the shape does not. The teacher (default: the
+shipped trained tiny teacher, `builtin:tiny-synth`) is asked once per training image, label forced,
+exactly as a training job asks it; its maps are kept in memory for every run. `oracle` variants align
+with the ground-truth masks instead (`MaskMaps`): the ceiling of what any teacher could give.
+
+Per variant and seed: top-1 on `val` (in-domain) and `shifted` after the last epoch, and the first
+epoch whose `val` top-1 reaches the plain ViT's best (mean over its seeds).
+
+    python bench/lfi_effect.py                                   # ViT vs I-ViT, 3 seeds
+    python bench/lfi_effect.py --variants vit,ivit,ivit:align_weight=5,oracle --epochs 20
+    python bench/lfi_effect.py --teacher builtin:tiny            # the random-weight teacher
+
+A variant is `name[:key=value,...]`; names: vit, ivit, oracle (I-ViT aligned with the masks);
+keys are `TrainConfig` fields (align_weight, align_layers=0+1, align_rows, kl_direction, ablation, lr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class PrecomputedMaps:
+    """Maps computed once before training, looked up by image path (a `MapSource`)."""
+
+    def __init__(self, maps: dict[str, np.ndarray]) -> None:
+        self.maps = maps
+
+    def fetch(self, requests: Sequence) -> list[np.ndarray | None]:
+        return [self.maps.get(r.sample.rel) for r in requests]
+
+
+def teacher_maps(teacher: str, data, grid: tuple[int, int], batch: int = 32) -> tuple[dict[str, np.ndarray], dict]:
+    from PIL import Image
+    from rich.progress import track
+
+    from services.teacher.engine import InteractionEngine, InteractionRequest
+    from services.teacher.tiny import resolve_model
+    from shared.settings import get_settings
+
+    engine = InteractionEngine.from_pretrained(resolve_model(teacher, get_settings().cache_dir))
+    samples = data.train.samples
+    maps: dict[str, np.ndarray] = {}
+    degenerate = 0
+    for i in track(range(0, len(samples), batch), description=f"teacher maps ({teacher})", transient=True):
+        chunk = samples[i : i + batch]
+        requests = [InteractionRequest(image=Image.open(s.path).convert("RGB"), label=data.label_word(s.label),
+                                       grid=grid) for s in chunk]
+        for sample, result in zip(chunk, engine.extract_batch(requests), strict=True):
+            maps[sample.rel] = result.map
+            degenerate += result.degenerate
+    return maps, {"settings": engine.settings.as_dict(), "degenerate": degenerate / max(1, len(samples))}
+
+
+def parse_variant(text: str) -> tuple[str, str, dict]:
+    name, _, options = text.partition(":")
+    if name not in {"vit", "ivit", "oracle"}:
+        raise SystemExit(f"unknown variant {name!r}: use vit, ivit or oracle")
+    overrides: dict = {}
+    for item in filter(None, options.split(",")):
+        key, _, value = item.partition("=")
+        if key == "align_layers":
+            overrides[key] = [int(v) for v in value.split("+")]
+        else:
+            try:
+                overrides[key] = json.loads(value)
+            except json.JSONDecodeError:
+                overrides[key] = value
+    return text, name, overrides
+
+
+def run_one(name: str, overrides: dict, seed: int, args, data, maps, oracle, run_dir: Path) -> dict:
+    from services.student.trainer import TrainConfig, Trainer
+
+    config = TrainConfig(model="vit-tiny", student="vit" if name == "vit" else "ivit", epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, seed=seed, checkpoint_every=0, device="cpu",
+                         **overrides)
+    source = None if name == "vit" else (oracle if name == "oracle" else PrecomputedMaps(maps))
+    began = time.perf_counter()
+    result = Trainer(config, data, run_dir, map_source=source).run()
+    history = [{"epoch": h["epoch"], "val": h["val_top1"], "shifted": h["heldout_top1"]["shifted"],
+                "align_loss": h["align_loss"]} for h in result.history]
+    return {"seed": seed, "history": history, "seconds": time.perf_counter() - began}
+
+
+def summarise(runs: dict[str, list[dict]], baseline: str) -> list[dict]:
+    target = statistics.mean(max(h["val"] for h in run["history"]) for run in runs[baseline])
+    rows = []
+    for variant, seeds in runs.items():
+        final_val = [run["history"][-1]["val"] for run in seeds]
+        final_shift = [run["history"][-1]["shifted"] for run in seeds]
+        reach = [next((h["epoch"] for h in run["history"] if h["val"] >= target - 1e-9), None) for run in seeds]
+        rows.append({"variant": variant, "val": final_val, "shifted": final_shift, "epochs_to_target": reach,
+                     "target": target, "seconds": statistics.mean(run["seconds"] for run in seeds)})
+    return rows
+
+
+def _pm(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
+
+
+def main() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from services.student.data import discover
+    from services.student.maps import MaskMaps
+    from services.teacher.tiny import TRAINED_SPEC
+    from shared.synth import generate
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default=TRAINED_SPEC)
+    parser.add_argument("--variants", default="vit,ivit")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train-per-class", type=int, default=250)
+    parser.add_argument("--correlation", type=float, default=0.95,
+                        help="share of train/val images on their class texture")
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write every run's per-epoch numbers here")
+    args = parser.parse_args()
+
+    console = Console()
+    variants = [parse_variant(v) for v in args.variants.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    with tempfile.TemporaryDirectory(prefix="lfi-effect-") as tmp:
+        root = Path(tmp) / "synth"
+        generate(root, n_train_per_class=args.train_per_class, n_val_per_class=100, n_shifted_per_class=100,
+                 correlation=args.correlation, seed=args.data_seed)
+        data = discover(root, ["shifted"])
+        maps, teacher_info = ({}, {})
+        if any(name == "ivit" for _, name, _ in variants):
+            maps, teacher_info = teacher_maps(args.teacher, data, (8, 8))
+        oracle = MaskMaps(root)
+        runs: dict[str, list[dict]] = {}
+        for label, name, overrides in variants:
+            for seed in seeds:
+                with console.status(f"{label} seed {seed}"):
+                    run = run_one(name, overrides, seed, args, data, maps, oracle, Path(tmp) / f"{label}-{seed}")
+                last = run["history"][-1]
+                console.print(f"{label} seed {seed}: val {last['val']:.3f} shifted {last['shifted']:.3f} "
+                              f"({run['seconds']:.0f} s)")
+                runs.setdefault(label, []).append(run)
+    baseline = next((label for label, name, _ in variants if name == "vit"), variants[0][0])
+    rows = summarise(runs, baseline)
+    table = Table(title=f"vit-tiny, {args.epochs} epochs, {4 * args.train_per_class} train images, correlation "
+                        f"{args.correlation}, seeds {args.seeds}; top-1 % mean ± std")
+    for column in ("variant", "in-domain val", "shifted", f"epochs to {baseline}'s best val", "s / run"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        reach = ", ".join("-" if r is None else str(r) for r in row["epochs_to_target"])
+        table.add_row(row["variant"], _pm(row["val"]), _pm(row["shifted"]),
+                      f"{reach} (target {100 * row['target']:.1f})", f"{row['seconds']:.0f}")
+    console.print(table)
+    console.print(f"teacher {args.teacher}: {json.dumps(teacher_info)}")
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "teacher": teacher_info,
+                                         "summary": rows, "runs": runs}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
