@@ -11,7 +11,7 @@ Per variant and seed: top-1 on `val` (in-domain) and `shifted` after the last ep
 epoch whose `val` top-1 reaches the plain ViT's best (mean over its seeds).
 
     python bench/lfi_effect.py                                   # ViT vs I-ViT, 3 seeds
-    python bench/lfi_effect.py --variants vit,ivit,ivit:align_weight=5,oracle --epochs 20
+    python bench/lfi_effect.py --variants vit ivit ivit:align_weight=5,align_rows=mean oracle --seeds 0
     python bench/lfi_effect.py --teacher builtin:tiny            # the random-weight teacher
 
 A variant is `name[:key=value,...]`; names: vit, ivit, oracle (I-ViT aligned with the masks);
@@ -125,12 +125,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default=TRAINED_SPEC)
-    parser.add_argument("--variants", default="vit,ivit")
+    parser.add_argument("--variants", nargs="+", default=["vit", "ivit"])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--train-per-class", type=int, default=250)
+    parser.add_argument("--train-per-class", type=int, default=500)
     parser.add_argument("--correlation", type=float, default=0.95,
                         help="share of train/val images on their class texture")
     parser.add_argument("--data-seed", type=int, default=0)
@@ -138,7 +138,7 @@ def main() -> None:
     args = parser.parse_args()
 
     console = Console()
-    variants = [parse_variant(v) for v in args.variants.split(",")]
+    variants = [parse_variant(v) for v in args.variants]
     seeds = [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory(prefix="lfi-effect-") as tmp:
         root = Path(tmp) / "synth"

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from services.student.data import discover
 from services.student.maps import MapRequest, TeacherMaps
 from services.student.model import build_student, count_flops, count_parameters
-from shared.synth import generate
 from services.student.trainer import TrainConfig, Trainer
+from shared.synth import generate
 from shared.teacher_client import TeacherClient
 from tests.support.processes import TEAM_KEYS, RedisServer
 

@@ -82,7 +82,7 @@ def main() -> None:
         cells = [f"{v:.3f} ({v / area:.2f}x)" for v in run["layers"].values()]
         table.add_row(run["model"], run["rows"], f"{area:.3f}", *cells,
                       f"{run['all']:.3f} ({run['all'] / area:.2f}x)", f"{run['degenerate']:.2f}")
-    console = Console()
+    console = Console(width=200)
     console.print(table)
     default = recommended(args.model, args.images, args.seed)
     console.print(f"{args.model} with its recommended settings {default['settings']}: "

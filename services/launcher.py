@@ -203,9 +203,9 @@ def up(*, host: str, teacher_port: int, dashboard_port: int, workers: int, concu
 
 
 def _queue_demo(settings, data_root: Path, epochs: int, size: int, redis_url: str) -> list[str]:
-    from shared.synth import generate
     from shared.celery_config import make_celery
     from shared.jobs import JobSpec, JobStore, submit_job
+    from shared.synth import generate
 
     dataset = data_root / "synth"
     if not (dataset / "annotations.jsonl").exists():

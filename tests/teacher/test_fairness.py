@@ -97,7 +97,8 @@ def test_a_request_whose_client_left_never_reaches_the_gpu(teacher):
             return await asyncio.gather(*flood)
 
     responses = asyncio.run(scenario())
-    assert all(r.status_code == 200 for r in responses)
+    failed = [(r.status_code, r.text[:200]) for r in responses if r.status_code != 200]
+    assert not failed, failed[:3]
     stats = httpx.get(server.url + "/stats", headers=admin, timeout=10).json()
     assert stats["dropped"] >= 1, stats
     assert stats["engine_runs"] == FLOOD  # the flood only: the abandoned request was never computed
