@@ -236,6 +236,7 @@ def serve(
     answer_backend: str = typer.Option("transformers", help="transformers | vllm"),
     max_pixels: int = typer.Option(40_000_000, help="Largest image accepted (pixels)."),
     max_body_mb: int = typer.Option(64, help="Largest request body accepted (MiB)."),
+    request_timeout_s: float = typer.Option(120.0, help="A request not answered within this is failed (503)."),
     layers: str = typer.Option(None, help="Comma-separated text layers averaged into maps (default: the "
                                "checkpoint's recommendation, else all)."),
     rows: str = typer.Option(None, help="word | predicting (default: the checkpoint's recommendation, else word)."),
@@ -270,6 +271,7 @@ def serve(
         teams=teams, dtype=dtype, device=device, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
         max_queue_per_team=max_queue, answer_backend=answer_backend, max_pixels=max_pixels,
         max_body_bytes=max_body_mb * 1024 * 1024, map_ttl_s=settings.map_ttl_s or None,
+        request_timeout_s=request_timeout_s,
     )
     try:
         config.extraction = _extraction(model_dir, layers, rows, head_reduce)
