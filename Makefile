@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/student_size.py
 	$(BIN)/python bench/student_step.py
 	$(BIN)/python bench/jobs_recovery.py
+	$(BIN)/python bench/teacher_maps.py
+	$(BIN)/python bench/lfi_effect.py --variants vit ivit oracle
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache
