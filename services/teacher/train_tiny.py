@@ -55,6 +55,12 @@ class TinyTrainConfig:
         for name in ("steps", "batch_size", "eval_images", "image_size", "vision_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("seed", "data_seed", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "vision_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.vocabulary_share <= 1:
             raise ValueError(f"vocabulary_share must be in [0, 1], got {self.vocabulary_share}")
 

@@ -62,6 +62,10 @@ def test_bad_training_settings_are_refused():
         TinyTrainConfig(steps=0)
     with pytest.raises(ValueError, match="preset"):
         TinyTrainConfig(preset="huge")
+    with pytest.raises(ValueError, match="lr"):
+        TinyTrainConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="data_seed"):
+        TinyTrainConfig(data_seed=-3)
 
 
 def test_the_trained_teacher_is_shipped_small_and_is_what_builtin_resolves_to(tmp_path):
