@@ -38,6 +38,8 @@ from PIL import Image
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 BACKGROUNDS: tuple[str, ...] = ("stripes", "dots", "checker", "noise")
+# The `correlation` at which every background is equally likely for every class (no shortcut).
+UNIFORM_CORRELATION = 1.0 / len(BACKGROUNDS)
 SPLITS: tuple[str, ...] = ("train", "val", "shifted")
 FORMAT = "lfi-synth"
 VERSION = 1

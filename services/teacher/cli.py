@@ -61,8 +61,15 @@ def train_tiny(
         config = replace(TinyTrainConfig(seed=seed, data_seed=data_seed), **given)
     except ValueError as exc:
         _fail(str(exc))
-    if out_dir.exists() and not out_dir.is_dir():
-        _fail(f"{out_dir} exists and is not a folder")
+    if measure < 0:
+        _fail(f"--measure must be >= 0, got {measure}")
+    # fail now, not after minutes of training, when the checkpoint cannot be written
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / ".lfi-write-test").touch()
+        (out_dir / ".lfi-write-test").unlink()
+    except OSError as exc:
+        _fail(f"cannot write the checkpoint to {out_dir}: {exc}")
     with Progress(console=console) as progress:
         tasks = {"vision": progress.add_task("stage 1: vision tower", total=config.vision_steps),
                  "answer": progress.add_task("stage 2: answers", total=config.steps)}

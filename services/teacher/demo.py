@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.synth import BACKGROUNDS, CLASSES, make_sample
+from shared.synth import CLASSES, UNIFORM_CORRELATION, make_sample
 
 DEMO_SEED = 11  # an image stream neither the teacher nor the default student data set uses
 VIEW_SCALE = 4  # the 64 px images are saved 4x larger so the overlays can be seen
@@ -21,7 +21,7 @@ VIEW_SCALE = 4  # the 64 px images are saved 4x larger so the overlays can be se
 def demo_sample(index: int):
     """Image `index` of the demo: the shapes in turn, each on a texture drawn at random."""
     return make_sample("val", index % len(CLASSES), index // len(CLASSES), seed=DEMO_SEED,
-                       correlation=1.0 / len(BACKGROUNDS))
+                       correlation=UNIFORM_CORRELATION)
 
 
 def run_demo(model_dir: str, out: Path, *, n_images: int = 8, progress=None) -> list[dict]:

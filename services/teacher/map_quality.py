@@ -22,14 +22,13 @@ from services.teacher.engine import (
     InteractionEngine,
     InteractionRequest,
 )
-from shared.synth import BACKGROUNDS, CLASSES, Sample, make_sample
+from shared.synth import CLASSES, UNIFORM_CORRELATION, Sample, make_sample
 
-UNIFORM_BACKGROUNDS = 1.0 / len(BACKGROUNDS)  # synth's correlation at which every texture is equally likely
 HELD_OUT_SEED = 7  # image stream for scoring; the teacher trains on another seed's "train" split
 
 
 def held_out_samples(n: int, *, seed: int = HELD_OUT_SEED, image_size: int = 64) -> list[Sample]:
-    return [make_sample("val", k % len(CLASSES), k // len(CLASSES), seed=seed, correlation=UNIFORM_BACKGROUNDS,
+    return [make_sample("val", k % len(CLASSES), k // len(CLASSES), seed=seed, correlation=UNIFORM_CORRELATION,
                         image_size=image_size) for k in range(n)]
 
 

@@ -27,10 +27,9 @@ from PIL import Image
 
 from services.teacher.prompts import TEMPLATES
 from services.teacher.tiny import PRESETS, build_tiny_model
-from shared.synth import BACKGROUNDS, CLASSES, make_sample
+from shared.synth import BACKGROUNDS, CLASSES, UNIFORM_CORRELATION, make_sample
 
 TEMPLATE = TEMPLATES["fg-bg-vocab"]
-UNIFORM_BACKGROUNDS = 1.0 / len(BACKGROUNDS)  # synth's correlation at which every texture is equally likely
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,7 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 def _sample(config: TinyTrainConfig, k: int):
     return make_sample("train", k % len(CLASSES), k // len(CLASSES), seed=config.data_seed,
-                       correlation=UNIFORM_BACKGROUNDS, image_size=config.image_size)
+                       correlation=UNIFORM_CORRELATION, image_size=config.image_size)
 
 
 def pretrain_vision(model, processor, config: TinyTrainConfig,
@@ -271,17 +270,14 @@ def finish_checkpoint(report: TinyTrainReport, *, images: int = 64) -> dict:
 def evaluate_answers(model_dir: Path, config: TinyTrainConfig) -> dict:
     """Answer accuracy on held-out images: the engine chooses the foreground from the class list."""
     from services.teacher.engine import InteractionEngine, InteractionRequest
+    from services.teacher.map_quality import held_out_samples
 
     engine = InteractionEngine.from_pretrained(str(model_dir))
-    requests, truths = [], []
-    for k in range(config.eval_images):
-        sample = make_sample("val", k % len(CLASSES), k // len(CLASSES), seed=config.data_seed,
-                             correlation=UNIFORM_BACKGROUNDS, image_size=config.image_size)
-        requests.append(InteractionRequest(image=Image.fromarray(sample.image), vocabulary=list(CLASSES)))
-        truths.append((sample.cls, sample.background))
-    results = engine.extract_batch(requests)
-    fore = [r.foreground_tokens and "".join(r.foreground_tokens).strip() == cls
-            for r, (cls, _) in zip(results, truths, strict=True)]
-    back = ["".join(r.background_tokens).strip() == bg for r, (_, bg) in zip(results, truths, strict=True)]
+    # the "val" split of the training stream's seed: images the teacher never trained on
+    samples = held_out_samples(config.eval_images, seed=config.data_seed, image_size=config.image_size)
+    results = engine.extract_batch([InteractionRequest(image=Image.fromarray(s.image), vocabulary=list(CLASSES))
+                                    for s in samples])
+    fore = ["".join(r.foreground_tokens).strip() == s.cls for r, s in zip(results, samples, strict=True)]
+    back = ["".join(r.background_tokens).strip() == s.background for r, s in zip(results, samples, strict=True)]
     return {"images": len(results), "foreground_accuracy": round(float(np.mean(fore)), 3),
             "background_accuracy": round(float(np.mean(back)), 3)}

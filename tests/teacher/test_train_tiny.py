@@ -149,3 +149,10 @@ def test_cli_trains_with_a_progress_bar_and_scores_the_maps(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "services.cli", "teacher", "train-tiny", str(out), "--steps", "0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "steps must be >= 1" in bad.stderr
+    (tmp_path / "a-file").write_text("")
+    unwritable = subprocess.run([sys.executable, "-m", "services.cli", "teacher", "train-tiny",
+                                 str(tmp_path / "a-file" / "teacher")], capture_output=True, text=True, timeout=120)
+    assert unwritable.returncode == 2 and "cannot write the checkpoint" in unwritable.stderr
+    negative = subprocess.run([sys.executable, "-m", "services.cli", "teacher", "train-tiny", str(out), "--measure",
+                               "-1"], capture_output=True, text=True, timeout=120)
+    assert negative.returncode == 2 and "--measure must be >= 0" in negative.stderr
