@@ -1,0 +1,254 @@
+"""The GPU suite: one command, a few minutes, every number docs/benchmarks.md wants from a GPU box.
+
+    PYTHONPATH=. python scripts/gpu_suite.py                     # CUDA, bf16, llava-1.5-7b-geometry
+    PYTHONPATH=. python scripts/gpu_suite.py --device cpu --preset tiny --dtype float32 \
+        --student vit-tiny --batches 1,2     # smoke (the tests run this)
+
+Parts, each printed as a table:
+  matmul    measured dense matmul FLOP/s (the compute floor's denominator)
+  forward   one teacher forward over prompt + image + answer at LLaVA-1.5 token geometry:
+            `plain` (SDPA, no maps) vs `capture` (the lfi_capture kernel keeping 12 answer rows);
+            seconds, maps/s, peak memory, and time over the floor 2 x text params x tokens / rate
+  engine    cold maps/s through `InteractionEngine.extract_batch` (answer generated, then
+            captured), the label forced as a training job asks; distinct random images
+  student   ViT vs I-ViT training step (forward, CE + alignment loss, backward, AdamW) under
+            bf16 autocast: images/s and peak memory
+
+It imports only torch, transformers, tokenizers, numpy, PIL and pydantic (carried as wheels on a bare
+GPU box: see docs/benchmarks.md) and the project's own modules; no Redis, FastAPI or Celery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+ANSWER_ROWS = 12
+PROMPT_TOKENS = 80
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mib(device: str) -> float:
+    return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
+
+
+def matmul_rate(device: str, dtype: torch.dtype) -> float:
+    n = 8192 if device.startswith("cuda") else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    reps = 20 if device.startswith("cuda") else 3
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def teacher_parts(preset: str, device: str, dtype: torch.dtype, batches: list[int], repeats: int,
+                  rate: float) -> None:
+    from PIL import Image
+
+    from services.teacher.capture import CAPTURE_IMPLEMENTATION, capturing
+    from services.teacher.engine import InteractionEngine, InteractionRequest
+    from services.teacher.loading import LoadedVLM, ModelIdentity
+    from services.teacher.tiny import PRESETS, build_tiny_model
+
+    torch.set_grad_enabled(False)
+    started = time.perf_counter()
+    model, processor = build_tiny_model(preset, device=device, dtype=dtype)
+    print(f"\nteacher preset={preset}: built in {time.perf_counter() - started:.1f} s")
+    config = model.config
+    n_img = PRESETS[preset].image_tokens
+    length = PROMPT_TOKENS + n_img
+    params = sum(p.numel() for p in model.model.language_model.parameters())
+    side = PRESETS[preset].image_size
+
+    print(f"\nforward ({length} tokens, {params / 1e9:.2f}B text params, median of {repeats}, modes interleaved)")
+    print(f"{'batch':>5} {'mode':>8} {'s/forward':>10} {'maps/s':>8} {'x plain':>8} {'peak MiB':>9} {'x floor':>8}")
+    for batch in batches:
+        generator = torch.Generator().manual_seed(batch)
+        ids = torch.randint(10, 500, (batch, length), generator=generator)
+        ids[:, 5:5 + n_img] = config.image_token_index
+        inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+                  "pixel_values": torch.randn(batch, 3, side, side, generator=generator).to(device, dtype)}
+        rows = torch.arange(length - ANSWER_ROWS, length).repeat(batch, 1)
+        cols = torch.arange(5, 5 + n_img).repeat(batch, 1)
+
+        def forward(mode: str, model=model, inputs=inputs, rows=rows, cols=cols) -> None:
+            impl = {"plain": "sdpa", "capture": CAPTURE_IMPLEMENTATION}[mode]
+            if model.config.text_config._attn_implementation != impl:
+                model.set_attn_implementation(impl)
+            if mode == "capture":
+                with capturing(model, rows, cols):
+                    model.model(**inputs)
+            else:
+                model.model(**inputs)
+
+        times: dict[str, list[float]] = {"plain": [], "capture": []}
+        peaks: dict[str, float] = {}
+        for mode in times:  # warm-up, and each mode's peak memory alone
+            forward(mode)
+            gc.collect()
+            _sync(device)
+            _reset_peak(device)
+            forward(mode)
+            _sync(device)
+            peaks[mode] = _peak_mib(device)
+        for _ in range(repeats):
+            for mode in times:
+                _sync(device)
+                start = time.perf_counter()
+                forward(mode)
+                _sync(device)
+                times[mode].append(time.perf_counter() - start)
+        floor = 2 * params * length * batch / rate
+        plain = statistics.median(times["plain"])
+        for mode, values in times.items():
+            s = statistics.median(values)
+            print(f"{batch:>5} {mode:>8} {s:>10.4f} {batch / s:>8.2f} {s / plain:>8.3f} {peaks[mode]:>9.0f} "
+                  f"{s / floor:>8.2f}")
+        del inputs
+    model.set_attn_implementation(CAPTURE_IMPLEMENTATION)  # what load_vlm sets for the engine
+
+    engine_batches = batches
+    print(f"\nengine: cold maps/s through InteractionEngine.extract_batch (label forced, answer generated, "
+          f"then captured; {repeats} timed calls after a warm-up)")
+    print(f"{'batch':>5} {'s/call':>8} {'maps/s':>8} {'peak MiB':>9}")
+    vlm = LoadedVLM(model, processor, ModelIdentity(f"random:{preset}", "none"))
+    seed = 0
+    for batch in engine_batches:
+        engine = InteractionEngine(vlm, max_batch_size=batch)
+
+        def requests(n: int) -> list[InteractionRequest]:
+            nonlocal seed
+            out = []
+            for _ in range(n):
+                seed += 1
+                pixels = torch.randint(0, 256, (side, side, 3), generator=torch.Generator().manual_seed(seed))
+                buffer = io.BytesIO()
+                Image.fromarray(pixels.to(torch.uint8).numpy()).save(buffer, format="PNG")
+                out.append(InteractionRequest(image=buffer.getvalue(), label="circle"))
+            return out
+
+        engine.extract_batch(requests(batch))  # warm-up
+        _sync(device)
+        _reset_peak(device)
+        timings = []
+        for _ in range(repeats):
+            work = requests(batch)
+            _sync(device)
+            start = time.perf_counter()
+            engine.extract_batch(work)
+            _sync(device)
+            timings.append(time.perf_counter() - start)
+        s = statistics.median(timings)
+        print(f"{batch:>5} {s:>8.3f} {batch / s:>8.2f} {_peak_mib(device):>9.0f}")
+    gc.collect()
+    _reset_peak(device)
+
+
+def student_part(size: str, device: str, batch: int, steps: int) -> None:
+    from services.student.alignment import alignment_loss
+    from services.student.model import build_student, count_parameters
+
+    torch.set_grad_enabled(True)
+    autocast = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+    print(f"\nstudent {size}, batch {batch}, bf16 autocast, AdamW "
+          f"({steps} timed steps each, one model after the other)")
+    print(f"{'model':<7} {'params M':>9} {'median s':>9} {'images/s':>9} {'peak MiB':>9}")
+    results = {}
+    for name, mode in (("ViT", "off"), ("I-ViT", "full")):
+        torch.manual_seed(0)
+        model = build_student(size, 200, mode).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        side = model.config.image_size
+        grid = side // model.config.patch_size
+        pixels = torch.randn(batch, 3, side, side, device=device)
+        labels = torch.randint(0, 200, (batch,), device=device)
+        target = torch.softmax(torch.randn(batch, grid * grid, device=device), -1)
+        valid = torch.ones(batch, dtype=torch.bool, device=device)
+
+        def step(model=model, optimizer=optimizer, pixels=pixels, labels=labels, target=target, valid=valid):
+            with autocast:
+                out = model.forward_interactions(pixels)
+                loss = torch.nn.functional.cross_entropy(out.logits.float(), labels)
+                if out.alignment:
+                    loss = loss + alignment_loss([a.float() for a in out.alignment], target, valid)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        step()
+        step()
+        _sync(device)
+        _reset_peak(device)
+        times = []
+        for _ in range(steps):
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        results[name] = statistics.median(times)
+        print(f"{name:<7} {count_parameters(model)['total'] / 1e6:>9.2f} {results[name]:>9.4f} "
+              f"{batch / results[name]:>9.1f} {_peak_mib(device):>9.0f}")
+        del model, optimizer
+        gc.collect()
+        _reset_peak(device)
+    print(f"I-ViT / ViT step time: {results['I-ViT'] / results['ViT']:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--preset", default="llava-1.5-7b-geometry")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--student", default="vit-b16")
+    parser.add_argument("--student-batch", type=int, default=64)
+    parser.add_argument("--student-steps", type=int, default=10)
+    parser.add_argument("--parts", default="teacher,student")
+    args = parser.parse_args()
+    from services.teacher.loading import parse_dtype
+
+    dtype = parse_dtype(args.dtype)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    import transformers
+
+    print(f"device {name}, torch {torch.__version__}, transformers {transformers.__version__}, dtype {args.dtype}")
+    started = time.perf_counter()
+    rate = matmul_rate(args.device, dtype)
+    print(f"matmul: {rate / 1e12:.1f} TFLOP/s")
+    parts = args.parts.split(",")
+    if "teacher" in parts:
+        teacher_parts(args.preset, args.device, dtype, [int(b) for b in args.batches.split(",")], args.repeats, rate)
+    if "student" in parts:
+        student_part(args.student, args.device, args.student_batch, args.student_steps)
+    print(f"\nsuite done in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
