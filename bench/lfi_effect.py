@@ -48,8 +48,8 @@ def teacher_maps(teacher: str, data, grid: tuple[int, int], batch: int = 32) -> 
     from PIL import Image
     from rich.progress import track
 
-    from services.teacher.engine import InteractionEngine, InteractionRequest
-    from services.teacher.tiny import resolve_model
+    from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
+    from services.teacher.tiny.resolve import resolve_model
     from shared.settings import get_settings
 
     engine = InteractionEngine.from_pretrained(resolve_model(teacher, get_settings().cache_dir))
@@ -120,7 +120,7 @@ def main() -> None:
 
     from services.student.data import discover
     from services.student.maps import MaskMaps
-    from services.teacher.tiny import TRAINED_SPEC
+    from services.teacher.tiny.resolve import TRAINED_SPEC
     from shared.synth import generate
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -52,8 +52,8 @@ def _reset_peak_rss() -> None:
 def _setup(batch: int, preset: str, device: str, dtype: str):
     import torch
 
-    from services.teacher.loading import parse_dtype
-    from services.teacher.tiny import PRESETS, build_tiny_model
+    from services.teacher.engine.loading import parse_dtype
+    from services.teacher.tiny.build import PRESETS, build_tiny_model
 
     torch.set_grad_enabled(False)
     model, _ = build_tiny_model(preset, device=device, dtype=parse_dtype(dtype))
@@ -76,7 +76,7 @@ def _setup(batch: int, preset: str, device: str, dtype: str):
 
 
 def _forward(model, mode: str, inputs, rows, cols) -> None:
-    from services.teacher.capture import CAPTURE_IMPLEMENTATION, capturing
+    from services.teacher.engine.capture import CAPTURE_IMPLEMENTATION, capturing
 
     impl = {"plain": "sdpa", "capture": CAPTURE_IMPLEMENTATION, "eager": "eager"}[mode]
     if model.config.text_config._attn_implementation != impl:
@@ -135,7 +135,7 @@ def matmul_rate(device: str, dtype: str) -> float:
     """Measured dense matmul FLOP/s on this device (the compute floor's denominator)."""
     import torch
 
-    from services.teacher.loading import parse_dtype
+    from services.teacher.engine.loading import parse_dtype
 
     n = 8192 if device.startswith("cuda") else 1024
     a = torch.randn(n, n, device=device, dtype=parse_dtype(dtype))

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def measure(model: str, images: int, rows: str, seed: int) -> dict:
-    from services.teacher.engine import InteractionEngine, recommended_settings
-    from services.teacher.map_quality import held_out_samples, score
-    from services.teacher.tiny import resolve_model
+    from services.teacher.engine.extraction import InteractionEngine, recommended_settings
+    from services.teacher.tiny.map_quality import held_out_samples, score
+    from services.teacher.tiny.resolve import resolve_model
     from shared.settings import get_settings
 
     folder = resolve_model(model, get_settings().cache_dir)
@@ -43,9 +43,9 @@ def measure(model: str, images: int, rows: str, seed: int) -> dict:
 
 def recommended(model: str, images: int, seed: int) -> dict | None:
     """The checkpoint's own default (its recommended layers and rows), scored on these images."""
-    from services.teacher.engine import InteractionEngine, recommended_settings
-    from services.teacher.map_quality import held_out_samples, score
-    from services.teacher.tiny import resolve_model
+    from services.teacher.engine.extraction import InteractionEngine, recommended_settings
+    from services.teacher.tiny.map_quality import held_out_samples, score
+    from services.teacher.tiny.resolve import resolve_model
     from shared.settings import get_settings
 
     folder = resolve_model(model, get_settings().cache_dir)
@@ -59,7 +59,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from services.teacher.tiny import TRAINED_SPEC
+    from services.teacher.tiny.resolve import TRAINED_SPEC
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=TRAINED_SPEC, help="trained teacher (folder or builtin:...)")

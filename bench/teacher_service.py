@@ -44,7 +44,7 @@ def model_or_tiny(model: str | None, tmp: Path) -> str:
     """The checkpoint given on the command line, or the tiny one built into `tmp`."""
     if model is not None:
         return model
-    from services.teacher.tiny import build_tiny_checkpoint
+    from services.teacher.tiny.build import build_tiny_checkpoint
 
     return str(build_tiny_checkpoint(tmp / "tiny", "tiny"))
 

@@ -70,10 +70,10 @@ def teacher_parts(preset: str, device: str, dtype: torch.dtype, batches: list[in
                   rate: float) -> None:
     from PIL import Image
 
-    from services.teacher.capture import CAPTURE_IMPLEMENTATION, capturing
-    from services.teacher.engine import InteractionEngine, InteractionRequest
-    from services.teacher.loading import LoadedVLM, ModelIdentity
-    from services.teacher.tiny import PRESETS, build_tiny_model
+    from services.teacher.engine.capture import CAPTURE_IMPLEMENTATION, capturing
+    from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
+    from services.teacher.engine.loading import LoadedVLM, ModelIdentity
+    from services.teacher.tiny.build import PRESETS, build_tiny_model
 
     torch.set_grad_enabled(False)
     started = time.perf_counter()
@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--student-steps", type=int, default=10)
     parser.add_argument("--parts", default="teacher,student")
     args = parser.parse_args()
-    from services.teacher.loading import parse_dtype
+    from services.teacher.engine.loading import parse_dtype
 
     dtype = parse_dtype(args.dtype)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"

@@ -14,8 +14,8 @@ from PIL import Image
 
 
 def main() -> int:
-    from services.teacher.demo import demo_sample
-    from services.teacher.engine import InteractionEngine, InteractionRequest
+    from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
+    from services.teacher.tiny.demo import demo_sample
     from shared.synth import CLASSES
 
     model_dir = sys.argv[1]

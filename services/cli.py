@@ -36,7 +36,7 @@ def maps(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from services.teacher.bulk import BulkOptions, find_images, precompute
+    from services.teacher.serving.bulk import BulkOptions, find_images, precompute
     from shared.settings import get_settings
     from shared.teacher_client import TeacherClient, TeacherUnavailable
 

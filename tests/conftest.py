@@ -10,21 +10,21 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
-    from services.teacher.tiny import build_tiny_checkpoint
+    from services.teacher.tiny.build import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llava"), "tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_gqa_dir(tmp_path_factory: pytest.TempPathFactory):
-    from services.teacher.tiny import build_tiny_checkpoint
+    from services.teacher.tiny.build import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llava-gqa"), "tiny-gqa", seed=1)
 
 
 @pytest.fixture(scope="session")
 def engine(tiny_dir):
-    from services.teacher.engine import InteractionEngine
+    from services.teacher.engine.extraction import InteractionEngine
 
     return InteractionEngine.from_pretrained(str(tiny_dir))
 

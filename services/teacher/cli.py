@@ -28,8 +28,8 @@ def build_tiny(
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
 ) -> None:
     """Write an offline LLaVA-1.5-architecture checkpoint that from_pretrained loads."""
-    from services.teacher.loading import parse_dtype
-    from services.teacher.tiny import PRESETS, build_tiny_checkpoint
+    from services.teacher.engine.loading import parse_dtype
+    from services.teacher.tiny.build import PRESETS, build_tiny_checkpoint
 
     if preset not in PRESETS:
         _fail(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -53,7 +53,7 @@ def train_tiny(
     """Train the tiny LLaVA-architecture teacher on the synthetic shapes (CPU, minutes)."""
     from dataclasses import replace
 
-    from services.teacher.train_tiny import TinyTrainConfig, finish_checkpoint, train_tiny_teacher
+    from services.teacher.tiny.train import TinyTrainConfig, finish_checkpoint, train_tiny_teacher
 
     given = {k: v for k, v in {"steps": steps, "vision_steps": vision_steps, "batch_size": batch_size,
                                "lr": lr}.items() if v is not None}
@@ -91,7 +91,7 @@ def _extraction(model_dir: str, layers: str | None, rows: str | None, head_reduc
     """The checkpoint's recommended extraction settings with the options given on the command line."""
     from dataclasses import replace
 
-    from services.teacher.engine import recommended_settings
+    from services.teacher.engine.extraction import recommended_settings
 
     given: dict = {}
     if layers:
@@ -144,9 +144,9 @@ def extract(
     dtype: str = typer.Option("float32"),
 ) -> None:
     """Compute interaction maps for image files and save them with overlays."""
-    from services.teacher.engine import InteractionEngine, InteractionRequest
-    from services.teacher.overlay import overlay
-    from services.teacher.tiny import resolve_model
+    from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
+    from services.teacher.engine.overlay import overlay
+    from services.teacher.tiny.resolve import resolve_model
     from shared.errors import LfiError
     from shared.images import decode_image
     from shared.settings import get_settings
@@ -199,8 +199,8 @@ def demo(
     n_images: int = typer.Option(8, help="How many synthetic images."),
 ) -> None:
     """Build the tiny teacher if needed, then show where it looks on synthetic images."""
-    from services.teacher.demo import run_demo
-    from services.teacher.tiny import resolve_model
+    from services.teacher.tiny.demo import run_demo
+    from services.teacher.tiny.resolve import resolve_model
     from shared.errors import LfiError
     from shared.settings import get_settings
 
@@ -219,7 +219,8 @@ def demo(
                       f"{row['shape_area']:.2f}", str(row["compute_ms"]))
     Console().print(table)
     console.print(f"overlays and maps in [bold]{out}[/bold] (model {model_dir})")
-    from services.teacher.tiny import PRESETS, TRAINED_SPEC
+    from services.teacher.tiny.build import PRESETS
+    from services.teacher.tiny.resolve import TRAINED_SPEC
 
     if settings.teacher_model == TRAINED_SPEC:
         console.print("[yellow]note:[/yellow] the built-in teacher is a tiny LLaVA trained on these synthetic "
@@ -252,8 +253,8 @@ def serve(
     """Serve /interactions over HTTP (needs LFI_TEAMS_FILE; Redis at LFI_REDIS_URL, optional)."""
     import uvicorn
 
-    from services.teacher.app import TeacherConfig, create_app
-    from services.teacher.tiny import resolve_model
+    from services.teacher.serving.app import TeacherConfig, create_app
+    from services.teacher.tiny.resolve import resolve_model
     from shared.errors import LfiError
     from shared.settings import get_settings
     from shared.teams import TeamDirectory
@@ -265,7 +266,7 @@ def serve(
         teams = TeamDirectory.load(settings.teams_file)
     except ValueError as exc:
         _fail(f"teams file {settings.teams_file}: {exc}")
-    from services.teacher.loading import check_model_reference, parse_dtype
+    from services.teacher.engine.loading import check_model_reference, parse_dtype
 
     try:
         model_dir = resolve_model(model or settings.teacher_model, settings.cache_dir)

@@ -195,7 +195,7 @@ def test_lfi_train_queues_and_follows_a_job_to_the_end(stack, tmp_path):
 
 
 def test_a_job_trains_from_an_exported_map_store_with_the_teacher_stopped(stack):
-    from services.teacher.bulk import BulkOptions, precompute
+    from services.teacher.serving.bulk import BulkOptions, precompute
     from shared.teacher_client import TeacherClient
 
     settings, store, start_worker, server = stack

@@ -65,7 +65,7 @@ def test_while_the_teacher_is_down_the_student_waits_and_says_so(teacher, synth_
 
 
 def test_an_exported_map_store_serves_the_same_maps_without_the_teacher(teacher, synth_small, tmp_path):
-    from services.teacher.bulk import BulkOptions, precompute
+    from services.teacher.serving.bulk import BulkOptions, precompute
 
     server = teacher()
     client = TeacherClient(server.url, TEAM_KEYS["alpha"])

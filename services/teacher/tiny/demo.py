@@ -25,8 +25,8 @@ def demo_sample(index: int):
 
 
 def run_demo(model_dir: str, out: Path, *, n_images: int = 8, progress=None) -> list[dict]:
-    from services.teacher.engine import InteractionEngine, InteractionRequest
-    from services.teacher.overlay import overlay
+    from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
+    from services.teacher.engine.overlay import overlay
 
     engine = InteractionEngine.from_pretrained(model_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.teacher.answer import AnswerPlan, trim_generated
+from services.teacher.engine.answer import AnswerPlan, trim_generated
 
 
 def vllm_compatible_folder(model_dir: str | Path, cache_dir: str | Path) -> str:
@@ -40,7 +40,7 @@ def vllm_compatible_folder(model_dir: str | Path, cache_dir: str | Path) -> str:
         keys = list(f.keys())
     if not any(k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") for k in keys):
         return str(model_dir)
-    from services.teacher.loading import folder_fingerprint
+    from services.teacher.engine.loading import folder_fingerprint
 
     out = Path(cache_dir) / "vllm" / folder_fingerprint(folder).replace(":", "-")
     if not (out / weights[0].name).exists():

@@ -22,13 +22,13 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.teacher.cache import MapCache
-from services.teacher.engine import ExtractionSettings, InteractionEngine
-from services.teacher.limits import TeamLimits
-from services.teacher.metrics import TeacherMetrics
-from services.teacher.payloads import as_cached
-from services.teacher.scheduler import FairBatcher
-from services.teacher.service import ClientGone, TeacherService, error_json
+from services.teacher.engine.extraction import ExtractionSettings, InteractionEngine
+from services.teacher.serving.cache import MapCache
+from services.teacher.serving.limits import TeamLimits
+from services.teacher.serving.metrics import TeacherMetrics
+from services.teacher.serving.payloads import as_cached
+from services.teacher.serving.scheduler import FairBatcher
+from services.teacher.serving.service import ClientGone, TeacherService, error_json
 from shared.codec import BINARY_MEDIA_TYPE, pack_batch
 from shared.errors import (
     BodyTooLarge,

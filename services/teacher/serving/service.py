@@ -11,13 +11,13 @@ import logging
 
 import orjson
 
-from services.teacher.cache import MapCache
-from services.teacher.engine import InteractionEngine, InteractionRequest
-from services.teacher.limits import TeamLimits
-from services.teacher.metrics import TeacherMetrics
-from services.teacher.payloads import as_cached, result_json
-from services.teacher.prompts import DEFAULT_TEMPLATE, TEMPLATES
-from services.teacher.scheduler import FairBatcher
+from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
+from services.teacher.engine.prompts import DEFAULT_TEMPLATE, TEMPLATES
+from services.teacher.serving.cache import MapCache
+from services.teacher.serving.limits import TeamLimits
+from services.teacher.serving.metrics import TeacherMetrics
+from services.teacher.serving.payloads import as_cached, result_json
+from services.teacher.serving.scheduler import FairBatcher
 from shared.errors import EngineFailed, LfiError, NotFound, Unavailable
 from shared.keys import KEY_SCHEMA_VERSION, map_key, pixel_digest
 from shared.schemas import InteractionRequestBody, Priority

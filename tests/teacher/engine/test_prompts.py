@@ -1,7 +1,7 @@
 import pytest
 
-from services.teacher.answer import TokenTrie, token_offsets
-from services.teacher.prompts import TEMPLATES, AnswerStatus, parse_answer
+from services.teacher.engine.answer import TokenTrie, token_offsets
+from services.teacher.engine.prompts import TEMPLATES, AnswerStatus, parse_answer
 
 
 def _words(text, spans):

@@ -145,7 +145,7 @@ def capturing(
     if model.config.text_config._attn_implementation != CAPTURE_IMPLEMENTATION:
         raise RuntimeError(
             "the text model does not run the capture kernel; load it with "
-            f"attn_implementation={CAPTURE_IMPLEMENTATION!r} (services.teacher.loading does)"
+            f"attn_implementation={CAPTURE_IMPLEMENTATION!r} (services.teacher.engine.loading does)"
         )
     session = CaptureSession(
         rows=rows,

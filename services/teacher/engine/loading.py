@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from services.teacher import capture  # registers the "lfi_capture" attention function
+from services.teacher.engine import capture  # registers the "lfi_capture" attention function
 from shared.errors import LfiError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 from redis.exceptions import RedisError
 
-from services.teacher.cache import MapCache
+from services.teacher.serving.cache import MapCache
 from shared.errors import RateLimited
 from shared.teams import Team
 

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.teacher.engine import (
+from services.teacher.engine.extraction import (
     EXTRACTION_FILE,
     ExtractionSettings,
     InteractionEngine,
     InteractionRequest,
     recommended_settings,
 )
-from services.teacher.map_quality import held_out_samples, mass_inside, score
-from services.teacher.tiny import SHIPPED_DIR, TRAINED_SPEC, resolve_model
-from services.teacher.train_tiny import TinyTrainConfig, answer_text, train_tiny_teacher
+from services.teacher.tiny.map_quality import held_out_samples, mass_inside, score
+from services.teacher.tiny.resolve import SHIPPED_DIR, TRAINED_SPEC, resolve_model
+from services.teacher.tiny.train import TinyTrainConfig, answer_text, train_tiny_teacher
 from shared.errors import InvalidRequest
 
 QUICK = TinyTrainConfig(vision_steps=3, steps=3, batch_size=4, warmup_steps=1)
@@ -32,7 +32,7 @@ def _digest(folder) -> str:
 
 
 def test_answer_text_is_what_the_engine_forces_and_parses():
-    from services.teacher.prompts import TEMPLATES, parse_answer
+    from services.teacher.engine.prompts import TEMPLATES, parse_answer
 
     text = answer_text("circle", "stripes")
     assert text == " {'foreground': 'circle', 'background': 'stripes'}"

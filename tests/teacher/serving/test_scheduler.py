@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from services.teacher.scheduler import FairBatcher, QueueFull
+from services.teacher.serving.scheduler import FairBatcher, QueueFull
 from shared.schemas import Priority
 
 

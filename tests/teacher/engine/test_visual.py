@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.teacher.visual import SquarePadding, crop_and_resample, draw_boxes, normalise, pad_to_square
+from services.teacher.engine.visual import SquarePadding, crop_and_resample, draw_boxes, normalise, pad_to_square
 from shared.schemas import Box
 
 

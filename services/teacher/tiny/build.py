@@ -102,7 +102,7 @@ _CORPUS_WORDS = (
 
 
 def _corpus() -> list[str]:
-    from services.teacher.prompts import TEMPLATES
+    from services.teacher.engine.prompts import TEMPLATES
 
     lines = [t.text for t in TEMPLATES.values()]
     words = _CORPUS_WORDS.split()
@@ -248,47 +248,3 @@ def build_tiny_checkpoint(
                     "shapes": asdict(PRESETS[preset_name])}, indent=2)
     )
     return out
-
-
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_VERSION = 1  # bump when the builder's output changes, so caches rebuild
-
-
-# The tiny teacher trained on the synthetic shapes (`lfi teacher train-tiny`), shipped in the package.
-TRAINED_NAME = "tiny-synth"
-TRAINED_SPEC = BUILTIN_PREFIX + TRAINED_NAME
-SHIPPED_DIR = Path(__file__).with_name("checkpoints") / TRAINED_NAME
-
-
-def _trained_folder(cache_dir: Path) -> Path:
-    """The shipped trained teacher; when a checkout lacks it, train it once into the cache (minutes)."""
-    if (SHIPPED_DIR / "model.safetensors").is_file():
-        return SHIPPED_DIR
-    folder = Path(cache_dir) / f"{TRAINED_NAME}-v{BUILTIN_VERSION}"
-    if not (folder / "model.safetensors").is_file():
-        import logging
-
-        from services.teacher.train_tiny import train_tiny_teacher
-
-        logging.getLogger("lfi.teacher.tiny").warning(
-            "no shipped %s checkpoint; training it into %s (a few minutes, once)", TRAINED_NAME, folder)
-        train_tiny_teacher(folder)
-    return folder
-
-
-def resolve_model(spec: str, cache_dir: Path) -> str:
-    """Turn "builtin:<name>" into a checkpoint folder (built once, then reused); pass others through."""
-    if not spec.startswith(BUILTIN_PREFIX):
-        return spec
-    preset = spec[len(BUILTIN_PREFIX):]
-    if preset == TRAINED_NAME:
-        return str(_trained_folder(Path(cache_dir)))
-    if preset not in PRESETS:
-        from shared.errors import InvalidRequest
-
-        choices = "|".join([TRAINED_NAME, *PRESETS])
-        raise InvalidRequest(f"unknown built-in model {spec!r}; choose builtin:<{choices}>")
-    folder = Path(cache_dir) / f"{preset}-llava-v{BUILTIN_VERSION}"
-    if not (folder / "model.safetensors").exists():
-        build_tiny_checkpoint(folder, preset)
-    return str(folder)

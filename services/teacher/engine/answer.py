@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from services.teacher.prompts import PromptTemplate
+from services.teacher.engine.prompts import PromptTemplate
 
 
 @dataclass

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.teacher.prompts import TEMPLATES
-from services.teacher.tiny import PRESETS, build_tiny_model
+from services.teacher.engine.prompts import TEMPLATES
+from services.teacher.tiny.build import PRESETS, build_tiny_model
 from shared.synth import BACKGROUNDS, CLASSES, UNIFORM_CORRELATION, make_sample
 
 TEMPLATE = TEMPLATES["fg-bg-vocab"]
@@ -250,7 +250,7 @@ def write_build_record(report: TinyTrainReport, extra: dict | None = None) -> No
 
 def finish_checkpoint(report: TinyTrainReport, *, images: int = 64) -> dict:
     """Score the maps on held-out images, store the best layers/rows as the checkpoint's default."""
-    from services.teacher.map_quality import choose_extraction, held_out_samples, write_recommendation
+    from services.teacher.tiny.map_quality import choose_extraction, held_out_samples, write_recommendation
 
     samples = held_out_samples(images, image_size=report.config.image_size)
     chosen, tried = choose_extraction(report.out_dir, samples)
@@ -269,8 +269,8 @@ def finish_checkpoint(report: TinyTrainReport, *, images: int = 64) -> dict:
 
 def evaluate_answers(model_dir: Path, config: TinyTrainConfig) -> dict:
     """Answer accuracy on held-out images: the engine chooses the foreground from the class list."""
-    from services.teacher.engine import InteractionEngine, InteractionRequest
-    from services.teacher.map_quality import held_out_samples
+    from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
+    from services.teacher.tiny.map_quality import held_out_samples
 
     engine = InteractionEngine.from_pretrained(str(model_dir))
     # the "val" split of the training stream's seed: images the teacher never trained on

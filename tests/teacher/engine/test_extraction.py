@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.teacher.engine import ExtractionSettings, InteractionEngine, InteractionRequest
-from services.teacher.prompts import AnswerStatus
+from services.teacher.engine.extraction import ExtractionSettings, InteractionEngine, InteractionRequest
+from services.teacher.engine.prompts import AnswerStatus
 from shared.errors import ImageTooLarge, InvalidImage, InvalidRequest
 from shared.schemas import Box
 

@@ -7,7 +7,8 @@ import hashlib
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from services.teacher.tiny import PRESETS, build_tiny_checkpoint, resolve_model
+from services.teacher.tiny.build import PRESETS, build_tiny_checkpoint
+from services.teacher.tiny.resolve import resolve_model
 
 
 def _digest(path) -> str:
@@ -39,7 +40,7 @@ def test_loads_with_the_stock_classes_and_is_small(tiny_dir):
 
 def test_engine_prompt_ids_equal_the_processors(engine):
     """The engine tokenises text and expands <image> itself; the processor must agree."""
-    from services.teacher.prompts import TEMPLATES
+    from services.teacher.engine.prompts import TEMPLATES
 
     template = TEMPLATES["fg-bg-vocab"]
     plan = engine._plan(template, "What is this?", "cat", None)
@@ -61,7 +62,7 @@ def test_builtin_models_are_built_once_into_the_cache(tmp_path):
 
 
 def test_the_7b_geometry_preset_has_the_real_shapes():
-    from services.teacher.tiny import llava_config
+    from services.teacher.tiny.build import llava_config
 
     preset = PRESETS["llava-1.5-7b-geometry"]
     config = llava_config(preset, 2048, 4, 3)

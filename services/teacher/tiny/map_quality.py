@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from services.teacher.engine import (
+from services.teacher.engine.extraction import (
     EXTRACTION_FILE,
     ROW_CHOICES,
     ExtractionSettings,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from services.teacher.engine import ExtractionSettings, InteractionEngine, InteractionRequest
-from services.teacher.loading import load_vlm
+from services.teacher.engine.extraction import ExtractionSettings, InteractionEngine, InteractionRequest
+from services.teacher.engine.loading import load_vlm
 
 
 def _image(seed: int, size=(320, 240)) -> Image.Image:
@@ -28,7 +28,7 @@ def _requests() -> list[InteractionRequest]:
 def _captured_runs(engine: InteractionEngine, requests):
     runs = []
     for i, req in enumerate(requests):
-        from services.teacher.engine import _validated
+        from services.teacher.engine.extraction import _validated
 
         clean, image, template = _validated(req, engine.max_pixels)
         runs.extend(engine._runs(i, clean, image, template))
@@ -92,7 +92,7 @@ def test_capture_matches_eager_attentions(which, settings, tiny_dir, tiny_gqa_di
 
 
 def test_capture_refuses_a_model_without_the_kernel(tiny_dir):
-    from services.teacher.capture import capturing
+    from services.teacher.engine.capture import capturing
 
     eager = load_vlm(tiny_dir, attn_implementation="eager")
     with pytest.raises(RuntimeError, match="lfi_capture"), capturing(eager.model, torch.zeros(1, 1), torch.zeros(1, 1)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from services.teacher.engine import InteractionResult
+from services.teacher.engine.extraction import InteractionResult
 from shared.codec import encode_map
 
 CACHED_FALSE = b'{"cached":false'

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.teacher.answer import AnswerPlan, TransformersAnswerer, plan_answer, token_offsets
-from services.teacher.capture import capturing
-from services.teacher.loading import LoadedVLM, ModelIdentity, load_vlm
-from services.teacher.prompts import (
+from services.teacher.engine.answer import AnswerPlan, TransformersAnswerer, plan_answer, token_offsets
+from services.teacher.engine.capture import capturing
+from services.teacher.engine.loading import LoadedVLM, ModelIdentity, load_vlm
+from services.teacher.engine.prompts import (
     DEFAULT_TEMPLATE,
     TEMPLATES,
     AnswerStatus,
@@ -31,7 +31,7 @@ from services.teacher.prompts import (
     PromptTemplate,
     parse_answer,
 )
-from services.teacher.visual import (
+from services.teacher.engine.visual import (
     SquarePadding,
     crop_and_resample,
     draw_boxes,
@@ -264,7 +264,7 @@ class InteractionEngine:
             kwargs["settings"] = recommended_settings(model_id)
         engine = cls(load_vlm(model_id, dtype=dtype, device=device, revision=revision), **kwargs)
         if answer_backend == "vllm":
-            from services.teacher.vllm_answer import VllmAnswerer
+            from services.teacher.engine.vllm_answer import VllmAnswerer
             from shared.settings import get_settings
 
             engine.answerer = VllmAnswerer(str(model_id), engine.tokenizer, cache_dir=get_settings().cache_dir,
