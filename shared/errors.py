@@ -82,3 +82,27 @@ class EngineFailed(LfiError):
 
     code = "engine_error"
     status = 500
+
+
+class InvalidFields(InvalidRequest):
+    """Invalid (422), and the fault lies in named request fields: `fields` maps each to its reason,
+    so a form can mark the inputs at fault instead of guessing from the message."""
+
+    def __init__(self, message: str, fields: dict[str, str]) -> None:
+        super().__init__(message)
+        self.fields = dict(fields)
+
+
+class InvalidField(InvalidFields):
+    """One request field (`field`) is at fault; raised by checks that know which field they check."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, {field: message})
+        self.field = field
+
+
+class Forbidden(LfiError):
+    """Authenticated, but not allowed to do this (e.g. a cross-site request); 403."""
+
+    code = "forbidden"
+    status = 403

@@ -40,6 +40,7 @@ def map_key(
     extraction: dict[str, Any],
     model_id: str,
     model_revision: str,
+    background: str | None = None,
 ) -> str:
     """sha256 over a canonical JSON of everything that changes the response."""
     canonical = {
@@ -56,5 +57,7 @@ def map_key(
         "extraction": extraction,
         "model": [model_id, model_revision],
     }
+    if background is not None:  # only when given, so every key made before the field existed still holds
+        canonical["background"] = background
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -62,6 +62,8 @@ class InteractionRequestBody(BaseModel):
     label: Word | None = None
     vocabulary: list[Word] | None = Field(None, max_length=MAX_VOCABULARY)
     boxes: list[Box] = Field(default_factory=list, max_length=64)
+    background: Word | None = Field(None, description="With `label` (or box labels): the whole answer is "
+                                    "forced, nothing is generated, and the map costs one forward.")
     prompt: str | None = Field(None, max_length=64)
     grid: tuple[GridSide, GridSide] | None = None
     per_instance: bool = False

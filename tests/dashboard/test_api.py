@@ -108,6 +108,26 @@ def test_a_dataset_outside_the_data_root_is_refused(dashboard, dataset, message)
     assert store.list() == []
 
 
+@pytest.mark.parametrize(("body", "field", "message"), [
+    ({"dataset": "synth", "init": "../elsewhere"}, "init", "outside the data root"),
+    ({"dataset": "synth", "init": "/etc"}, "init", "relative"),
+    ({"dataset": "synth", "map_store": "no-such-store"}, "map_store", "not a folder"),
+    ({"dataset": "synth", "map_store": "synth"}, "map_store", "no index.json"),
+    ({"dataset": "synth", "eval_domains": ["nope"]}, "eval_domains", "eval domain"),
+    ({"dataset": "init-and-map_store-missing"}, "dataset", "not a folder"),  # its name misleads no guess
+    ({"dataset": "bad\x00name"}, "dataset", "NUL"),
+])
+def test_a_bad_path_is_reported_under_its_own_field(dashboard, body, field, message):
+    server, store = dashboard
+    response = httpx.post(server.url + "/jobs", headers=_auth("alpha"), json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert list(error["fields"]) == [field] and message in error["fields"][field] and message in error["message"]
+    dry_run = httpx.post(server.url + "/jobs/validate", headers=_auth("alpha"), json=body).json()
+    assert dry_run["valid"] is False and list(dry_run["fields"]) == [field]
+    assert store.list() == []
+
+
 def test_cross_site_and_non_json_mutations_are_refused(dashboard):
     server, store = dashboard
     forged = httpx.post(server.url + "/jobs", headers={**_auth("alpha"), "Origin": "https://evil.example"},
@@ -149,6 +169,7 @@ def test_pages_static_files_and_a_missing_teacher(dashboard):
     assert httpx.get(server.url + "/static/nope.js").status_code == 404
     stats = httpx.get(server.url + "/teacher/stats", headers=_auth("alpha"))
     assert stats.status_code == 503 and "unreachable" in stats.json()["error"]["message"]
+    assert stats.headers["retry-after"] == "5"
     assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
 
 
@@ -168,5 +189,6 @@ def test_redis_down_is_a_503_not_a_traceback(dashboard, redis_server):
     redis_server.kill()
     response = httpx.get(server.url + "/jobs", headers=_auth("alpha"), timeout=30)
     assert response.status_code == 503 and "unreachable" in response.json()["error"]["message"]
+    assert response.headers["retry-after"] == "5"
     assert httpx.get(server.url + "/readyz", timeout=30).status_code == 503
     assert httpx.get(server.url + "/healthz").status_code == 200

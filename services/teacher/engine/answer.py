@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -56,7 +57,8 @@ class AnswerPlan:
     answer_start: int  # index in prompt_ids where the answer (forced part) begins
     template: PromptTemplate
     trie: TokenTrie | None = None
-    vocabulary: list[str] | None = None
+    vocabulary: Sequence[str] | None = None
+    complete: bool = False  # the whole answer is forced (in prompt_ids): nothing to generate
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -69,9 +71,13 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def plan_answer(
-    tokenizer, template: PromptTemplate, chat_text: str, *, label: str | None, vocabulary: list[str] | None
+    tokenizer, template: PromptTemplate, chat_text: str, *, label: str | None, vocabulary: Sequence[str] | None,
+    background: str | None = None,
 ) -> AnswerPlan:
     base = tokenizer(chat_text).input_ids
+    if label is not None and template.forced_answer is not None and (background or not template.has_background):
+        full = tokenizer(chat_text + template.forced_answer.format(label=label, background=background)).input_ids
+        return AnswerPlan(full, _common_prefix(base, full), template, complete=True)
     if label is not None and template.forced_prefix is not None:
         full = tokenizer(chat_text + template.forced_prefix.format(label=label)).input_ids
         return AnswerPlan(full, _common_prefix(base, full), template)
@@ -114,15 +120,19 @@ class StopAtCharacters(StoppingCriteria):
     Per-row budgets keep a row's answer independent of what else is in its batch.
     """
 
-    def __init__(self, plans: Sequence[AnswerPlan], prompt_len: int, tokenizer) -> None:
+    def __init__(self, plans: Sequence[AnswerPlan], prompt_len: int, tokenizer, lag: int = 0) -> None:
         self.plans = plans
         self.prompt_len = prompt_len
         self.tokenizer = tokenizer
+        # lag 1: a row stops one token late, so its last answer token is fed back in and its own
+        # attention row is computed (decode capture needs it; the extra token is trimmed off).
+        self.lag = lag
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        end = input_ids.shape[1] - self.lag
         for row, plan in enumerate(self.plans):
-            generated = input_ids[row, self.prompt_len:].tolist()
+            generated = input_ids[row, self.prompt_len:end].tolist()
             free = free_part(plan, generated)
             if len(free) >= plan.template.max_new_tokens:
                 done[row] = True
@@ -181,24 +191,41 @@ def _trie_depth(node: TokenTrie) -> int:
     return 1 + max((_trie_depth(child) for child in node.children.values()), default=-1) if node.children else 0
 
 
+class Answerer(Protocol):
+    """Writes the answers of a batch: the new token ids of each sequence, trimmed by `trim_generated`."""
+
+    name: str
+
+    def generate(self, plans: Sequence[AnswerPlan], batch: dict[str, torch.Tensor],
+                 images: Sequence | None = None) -> list[list[int]]: ...
+
+
 class TransformersAnswerer:
-    """Greedy answers with `model.generate` on left-padded batches."""
+    """Greedy answers with `model.generate` on left-padded batches.
+
+    It runs the model in this process, so the attention capture can ride along inside its prefill
+    and decoding steps (`capture="decode"`); `extra_step` makes each row stop one token late, so
+    the last answer token's own row is computed too.
+    """
 
     name = "transformers"
+    captures_while_decoding = True
 
     def __init__(self, model, tokenizer) -> None:
         self.model = model
         self.tokenizer = tokenizer
 
     @torch.no_grad()
-    def generate(self, plans: Sequence[AnswerPlan], batch: dict[str, torch.Tensor], images=None) -> list[list[int]]:
+    def generate(self, plans: Sequence[AnswerPlan], batch: dict[str, torch.Tensor], images=None,
+                 extra_step: bool = False) -> list[list[int]]:
         prompt_len = batch["input_ids"].shape[1]
+        lag = 1 if extra_step else 0
         output = self.model.generate(
             **batch,
             do_sample=False,
-            max_new_tokens=max_new_tokens(plans),
+            max_new_tokens=max_new_tokens(plans) + lag,
             logits_processor=LogitsProcessorList([VocabularyConstraint(plans, prompt_len)]),
-            stopping_criteria=StoppingCriteriaList([StopAtCharacters(plans, prompt_len, self.tokenizer)]),
+            stopping_criteria=StoppingCriteriaList([StopAtCharacters(plans, prompt_len, self.tokenizer, lag)]),
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )

@@ -23,7 +23,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 CAPTURE_IMPLEMENTATION = "lfi_capture"
 
-_active_session: contextvars.ContextVar[CaptureSession | None] = contextvars.ContextVar(
+_active_session: contextvars.ContextVar[CaptureSession | DecodeCaptureSession | None] = contextvars.ContextVar(
     "lfi_capture_session", default=None
 )
 
@@ -61,46 +61,116 @@ class CaptureSession:
         attention_mask: torch.Tensor | None,
         scaling: float,
     ) -> None:
-        batch, n_heads, seq_len, head_dim = query.shape
-        if seq_len != key.shape[2]:
+        if query.shape[2] != key.shape[2]:
             return  # a decoding step with a cache: not the full-sequence pass we capture
-        rows = self.rows.to(query.device)
-        cols = self.cols.to(query.device)
-        n_rows = rows.shape[1]
-        # Scores in float32 whatever the model dtype: only A rows, so this is cheap.
-        q_rows = torch.gather(query, 2, rows[:, None, :, None].expand(batch, n_heads, n_rows, head_dim)).float()
-        groups = n_heads // key.shape[1]
-        k = key.float()
-        if groups > 1:
-            q_rows = q_rows.view(batch, key.shape[1], groups * n_rows, head_dim)
-        scores = torch.matmul(q_rows, k.transpose(-1, -2)) * scaling
-        if groups > 1:
-            scores = scores.view(batch, n_heads, n_rows, seq_len)
-        scores = scores + self._mask_rows(attention_mask, rows, seq_len, scores.device)
-        probs = torch.softmax(scores, dim=-1)
-        probs = torch.gather(probs, 3, cols[:, None, None, :].expand(batch, n_heads, n_rows, cols.shape[1]))
-        if self.heads is not None:
-            probs = probs[:, list(self.heads)]
-        reduced = probs.amax(dim=1) if self.head_reduce == "max" else probs.mean(dim=1)
-        self.captured[module.layer_idx] = reduced
+        self.captured[module.layer_idx] = row_probabilities(
+            query, key, self.rows.to(query.device), self.cols.to(query.device), attention_mask, scaling,
+            self.heads, self.head_reduce)
 
-    @staticmethod
-    def _mask_rows(
-        attention_mask: torch.Tensor | None, rows: torch.Tensor, seq_len: int, device: torch.device
-    ) -> torch.Tensor:
-        """Additive mask (B, 1, A, T) for the selected rows: causal plus whatever padding the model masks."""
-        if attention_mask is None:  # SDPA skipped the mask: plain causal, no padding
-            allowed = torch.arange(seq_len, device=device)[None, None, :] <= rows[:, :, None]
-            allowed = allowed[:, None]
+
+@dataclass
+class DecodeCaptureSession:
+    """What `generate` should capture while it writes the answer: no second pass over the sequence.
+
+    Prefill: the last `prefill_rows` positions of the (left-padded) prompt, i.e. the forced part of
+    every answer and the row that predicts the first new token. Each decoding step: the one row of
+    the token fed back in. `captured[layer]` is a list of (B, r, N) pieces in sequence order, so
+    `rows(layer)` is (B, prefill_rows + steps, N) covering positions `first_position` onwards.
+    """
+
+    cols: torch.Tensor
+    prefill_rows: int
+    modules: frozenset[int]
+    layers: frozenset[int] | None = None
+    heads: Sequence[int] | None = None
+    head_reduce: str = "mean"
+    first_position: int | None = None
+    captured: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+
+    def wants(self, module: torch.nn.Module) -> bool:
+        if id(module) not in self.modules:
+            return False
+        return self.layers is None or module.layer_idx in self.layers
+
+    def record(
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float,
+    ) -> None:
+        batch, _, q_len, _ = query.shape
+        pieces = self.captured.setdefault(module.layer_idx, [])
+        if not pieces:  # the prefill: the whole prompt at once
+            if q_len != key.shape[2]:
+                raise RuntimeError("decode capture needs the prompt in one prefill pass (no cache given)")
+            n = min(self.prefill_rows, q_len)
+            self.first_position = q_len - n
+            rows = torch.arange(q_len - n, q_len, device=query.device)
+        elif q_len == 1:
+            rows = torch.zeros(1, dtype=torch.long, device=query.device)
         else:
-            m = attention_mask[..., :seq_len]
-            picked = torch.gather(m, 2, rows[:, None, :, None].expand(m.shape[0], m.shape[1], rows.shape[1], seq_len))
-            if picked.dtype == torch.bool:
-                allowed = picked
-            else:
-                return picked.float()
-        zero = torch.zeros((), device=device)
-        return torch.where(allowed, zero, torch.tensor(float("-inf"), device=device))
+            raise RuntimeError(f"decode capture expects one new token per step, got {q_len}")
+        pieces.append(row_probabilities(
+            query, key, rows.expand(batch, -1), self.cols.to(query.device), attention_mask, scaling,
+            self.heads, self.head_reduce))
+
+    def rows(self, layer: int) -> torch.Tensor:
+        return torch.cat(self.captured[layer], dim=1)
+
+
+def row_probabilities(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    heads: Sequence[int] | None,
+    head_reduce: str,
+) -> torch.Tensor:
+    """softmax(q k^T) of the query rows `rows` (B, A; indices into the query), on the key columns
+    `cols` (B, N), head-reduced: (B, A, N) float32. Queries are the last q_len of the k_len keys."""
+    batch, n_heads, q_len, head_dim = query.shape
+    k_len = key.shape[2]
+    n_rows = rows.shape[1]
+    # Scores in float32 whatever the model dtype: only A rows, so this is cheap.
+    q_rows = torch.gather(query, 2, rows[:, None, :, None].expand(batch, n_heads, n_rows, head_dim)).float()
+    groups = n_heads // key.shape[1]
+    if groups > 1:
+        q_rows = q_rows.view(batch, key.shape[1], groups * n_rows, head_dim)
+    scores = torch.matmul(q_rows, key.float().transpose(-1, -2)) * scaling
+    if groups > 1:
+        scores = scores.view(batch, n_heads, n_rows, k_len)
+    scores = scores + _mask_rows(attention_mask, rows, k_len - q_len, k_len, scores.device)
+    probs = torch.softmax(scores, dim=-1)
+    probs = torch.gather(probs, 3, cols[:, None, None, :].expand(batch, n_heads, n_rows, cols.shape[1]))
+    if heads is not None:
+        probs = probs[:, list(heads)]
+    return probs.amax(dim=1) if head_reduce == "max" else probs.mean(dim=1)
+
+
+def _mask_rows(
+    attention_mask: torch.Tensor | None, rows: torch.Tensor, past: int, k_len: int, device: torch.device
+) -> torch.Tensor:
+    """Additive mask (B, 1, A, K) for the selected query rows: causal plus whatever padding the model masks.
+
+    `past` is how many cached keys precede the queries (0 for a full pass).
+    """
+    if attention_mask is None:  # SDPA skipped the mask: plain causal, no padding
+        allowed = torch.arange(k_len, device=device)[None, None, :] <= (rows[:, :, None] + past)
+        allowed = allowed[:, None]
+    else:
+        m = attention_mask[..., :k_len]
+        if m.shape[2] == 1:  # one mask row broadcast over every query
+            m = m.expand(m.shape[0], m.shape[1], int(rows.max()) + 1, k_len)
+        picked = torch.gather(m, 2, rows[:, None, :, None].expand(m.shape[0], m.shape[1], rows.shape[1], k_len))
+        if picked.dtype != torch.bool:
+            return picked.float()
+        allowed = picked
+    zero = torch.zeros((), device=device)
+    return torch.where(allowed, zero, torch.tensor(float("-inf"), device=device))
 
 
 def capture_attention_forward(
@@ -132,6 +202,37 @@ def text_attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @contextmanager
+def decode_capturing(
+    model: torch.nn.Module,
+    cols: torch.Tensor,
+    prefill_rows: int,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    head_reduce: str = "mean",
+) -> Iterator[DecodeCaptureSession]:
+    """Activate decode capture for the `generate` call inside the block."""
+    _check_kernel(model)
+    session = DecodeCaptureSession(
+        cols=cols, prefill_rows=prefill_rows, modules=frozenset(id(m) for m in text_attention_modules(model)),
+        layers=frozenset(layers) if layers is not None else None, heads=heads, head_reduce=head_reduce,
+    )
+    token = _active_session.set(session)
+    try:
+        yield session
+    finally:
+        _active_session.reset(token)
+
+
+def _check_kernel(model: torch.nn.Module) -> None:
+    if model.config.text_config._attn_implementation != CAPTURE_IMPLEMENTATION:
+        raise RuntimeError(
+            "the text model does not run the capture kernel; load it with "
+            f"attn_implementation={CAPTURE_IMPLEMENTATION!r} (services.teacher.engine.loading does)"
+        )
+
+
+@contextmanager
 def capturing(
     model: torch.nn.Module,
     rows: torch.Tensor,
@@ -142,11 +243,7 @@ def capturing(
     head_reduce: str = "mean",
 ) -> Iterator[CaptureSession]:
     """Activate capture for forward passes of `model` inside the block."""
-    if model.config.text_config._attn_implementation != CAPTURE_IMPLEMENTATION:
-        raise RuntimeError(
-            "the text model does not run the capture kernel; load it with "
-            f"attn_implementation={CAPTURE_IMPLEMENTATION!r} (services.teacher.engine.loading does)"
-        )
+    _check_kernel(model)
     session = CaptureSession(
         rows=rows,
         cols=cols,

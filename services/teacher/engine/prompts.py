@@ -8,6 +8,7 @@ id and version go into every cache key: changing wording means a new version.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -46,12 +47,19 @@ class PromptTemplate:
     forced_prefix: str | None = None
     choice_prefix: str | None = None
     choice_suffix: str | None = None
+    # The whole answer, when the label (and the background, where "{background}" appears) are
+    # given: nothing is generated, one forward computes the map.
+    forced_answer: str | None = None
     # Characters that end the free part the model writes after the forced prefix.
     stop_chars: str = ""
     uses_vocabulary: bool = False
     max_new_tokens: int = 16
 
-    def question(self, *, vocabulary: list[str] | None = None, target: str | None = None) -> str:
+    @property
+    def has_background(self) -> bool:
+        return self.forced_answer is not None and "{background}" in self.forced_answer
+
+    def question(self, *, vocabulary: Sequence[str] | None = None, target: str | None = None) -> str:
         text = self.text
         if target is not None:
             text = text.replace("{tgt_obj}", target)
@@ -79,14 +87,16 @@ TEMPLATES: dict[str, PromptTemplate] = {
             id="fg-bg-vocab", version=1, tasks=(Task.classification,), text=_FG_BG,
             forced_prefix=" {{'foreground': '{label}', 'background': '",
             choice_prefix=" {'foreground': '", choice_suffix="', 'background': '",
+            forced_answer=" {{'foreground': '{label}', 'background': '{background}'}}",
             stop_chars="'}\n", uses_vocabulary=True, max_new_tokens=12,
         ),
         # Prompt 2: the whole short answer is the foreground; there is no background term.
         PromptTemplate(
-            id="single-word", version=1, tasks=(Task.classification,),
+            id="single-word", version=2, tasks=(Task.classification,),
             text="If you are doing an image classification task, What is the object in the picture? "
             "Answer the question using a single word or phrase.",
-            forced_prefix=" {label}", stop_chars="\n", max_new_tokens=6,
+            # v2: with the label given, the label is the whole answer (v1 let the model go on).
+            forced_prefix=" {label}", forced_answer=" {label}", stop_chars="\n", max_new_tokens=6,
         ),
         # Prompt 3: every word of the description counts (the paper takes their mean).
         PromptTemplate(
@@ -97,6 +107,7 @@ TEMPLATES: dict[str, PromptTemplate] = {
         PromptTemplate(
             id="dense-visual", version=1, tasks=(Task.detection, Task.segmentation), text=_DENSE,
             forced_prefix=" Yes, there is/are {label} in the image, and the background is",
+            forced_answer=" Yes, there is/are {label} in the image, and the background is {background}.",
             stop_chars=".\n", max_new_tokens=12,
         ),
     )
@@ -124,7 +135,7 @@ def _words(text: str, start: int, end: int) -> list[Span]:
     return [Span(start + m.start(), start + m.end()) for m in _WORD.finditer(text[start:end])]
 
 
-def parse_answer(template: PromptTemplate, text: str, vocabulary: list[str] | None = None) -> ParsedAnswer:
+def parse_answer(template: PromptTemplate, text: str, vocabulary: Sequence[str] | None = None) -> ParsedAnswer:
     """Find the foreground and background words in `text`; never raises."""
     if template.id == "fg-bg-vocab":
         match = _FG_BG_RE.search(text) or _FG_ONLY_RE.search(text)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.teacher.engine.answer import AnswerPlan, trim_generated
+from shared.settings import Settings
 
 
 def vllm_compatible_folder(model_dir: str | Path, cache_dir: str | Path) -> str:
@@ -61,10 +62,13 @@ class VllmAnswerer:
 
     name = "vllm"
 
-    def __init__(self, model_dir: str, tokenizer, *, cache_dir: str | Path, dtype: str = "auto",
+    def __init__(self, model_dir: str, tokenizer, *, cache_dir: str | Path | None = None, dtype: str = "auto",
                  max_model_len: int = 2048, **engine_kwargs) -> None:
         from vllm import LLM
 
+        if cache_dir is None:
+            # the declared default only: the caller (serving, CLI) passes the configured folder
+            cache_dir = Settings.model_fields["cache_dir"].default
         self.tokenizer = tokenizer
         self.llm = LLM(model=vllm_compatible_folder(model_dir, cache_dir), dtype=dtype,
                        max_model_len=max_model_len, **engine_kwargs)

@@ -15,13 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from services.teacher.engine.extraction import (
-    EXTRACTION_FILE,
-    ROW_CHOICES,
-    ExtractionSettings,
-    InteractionEngine,
-    InteractionRequest,
-)
+from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
+from services.teacher.engine.extraction_settings import EXTRACTION_FILE, ROW_CHOICES, ExtractionSettings
 from shared.synth import CLASSES, UNIFORM_CORRELATION, Sample, make_sample
 
 HELD_OUT_SEED = 7  # image stream for scoring; the teacher trains on another seed's "train" split

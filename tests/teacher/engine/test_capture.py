@@ -28,10 +28,8 @@ def _requests() -> list[InteractionRequest]:
 def _captured_runs(engine: InteractionEngine, requests):
     runs = []
     for i, req in enumerate(requests):
-        from services.teacher.engine.extraction import _validated
-
-        clean, image, template = _validated(req, engine.max_pixels)
-        runs.extend(engine._runs(i, clean, image, template))
+        valid, _, _ = engine.validate(req)
+        runs.extend(engine._runs(i, valid))
     engine._answer(runs)
     engine._capture(runs)
     return runs
@@ -43,11 +41,11 @@ def _eager_reference(model_dir, engine: InteractionEngine, runs, settings: Extra
     heads = list(settings.heads) if settings.heads is not None else slice(None)
     out = []
     for run in runs:
-        seq = engine._expand(run.plan.prompt_ids) + run.generated
-        batch = engine._batch([seq], [run.image])
+        seq = engine.encoder.expand(run.plan.prompt_ids) + run.generated
+        batch = engine.encoder.encode([seq], [run.image])
         with torch.no_grad():
             attentions = eager.model(**batch, output_attentions=True).attentions
-        start = len(engine._expand(run.plan.prompt_ids[: run.plan.answer_start]))
+        start = len(engine.encoder.expand(run.plan.prompt_ids[: run.plan.answer_start]))
         cols = (batch["input_ids"][0] == engine.image_token_id).nonzero().squeeze(1)
 
         def rows_of(indices, attentions=attentions, start=start, cols=cols):
@@ -79,7 +77,7 @@ def test_capture_matches_eager_attentions(which, settings, tiny_dir, tiny_gqa_di
         cfg = engine.vlm.model.config.text_config
         assert cfg.num_key_value_heads < cfg.num_attention_heads
     runs = _captured_runs(engine, _requests())
-    lengths = {len(engine._expand(r.plan.prompt_ids)) + len(r.generated) for r in runs}
+    lengths = {len(engine.encoder.expand(r.plan.prompt_ids)) + len(r.generated) for r in runs}
     assert len(lengths) > 1, "the batch must be left-padded for this test to mean anything"
     reference = _eager_reference(model_dir, engine, runs, settings)
     for run, (fore, back) in zip(runs, reference, strict=True):

@@ -43,14 +43,14 @@ def test_engine_prompt_ids_equal_the_processors(engine):
     from services.teacher.engine.prompts import TEMPLATES
 
     template = TEMPLATES["fg-bg-vocab"]
-    plan = engine._plan(template, "What is this?", "cat", None)
+    plan = engine.planner.plan(template, "What is this?", "cat", None)
     chat = engine.vlm.processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}],
         add_generation_prompt=True, tokenize=False,
     )
     text = chat + template.forced_prefix.format(label="cat")
     processed = engine.vlm.processor(images=[Image.new("RGB", (336, 336))], text=[text], return_tensors="pt")
-    assert processed["input_ids"][0].tolist() == engine._expand(plan.prompt_ids)
+    assert processed["input_ids"][0].tolist() == engine.encoder.expand(plan.prompt_ids)
 
 
 def test_builtin_models_are_built_once_into_the_cache(tmp_path):

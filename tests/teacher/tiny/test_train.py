@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.teacher.engine.extraction import (
-    EXTRACTION_FILE,
-    ExtractionSettings,
-    InteractionEngine,
-    InteractionRequest,
-    recommended_settings,
-)
+from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
+from services.teacher.engine.extraction_settings import EXTRACTION_FILE, ExtractionSettings, recommended_settings
 from services.teacher.tiny.map_quality import held_out_samples, mass_inside, score
 from services.teacher.tiny.resolve import SHIPPED_DIR, TRAINED_SPEC, resolve_model
 from services.teacher.tiny.train import TinyTrainConfig, answer_text, train_tiny_teacher
