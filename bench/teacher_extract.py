@@ -8,9 +8,18 @@ one forward pass over the whole sequence, three ways:
 Each (mode, batch) runs in its own subprocess, so peak memory (CPU: max RSS;
 GPU: torch.cuda.max_memory_allocated) is that mode's alone.
 
+Then cold maps/s through the whole engine, in one process with the modes interleaved
+(distinct images every call; label forced and the background written by the model, as a
+training job asks):
+  forward      one plain forward over the same prompts (the floor: one pass per map)
+  decode       InteractionEngine(capture="decode"): capture inside the answer's own decoding
+  second-pass  InteractionEngine(capture="second-pass"): generate, then a teacher-forced pass
+  forced       label and background both given: no generation, one forward with capture
+
     python bench/teacher_extract.py                     # CPU, preset cpu-bench
     python bench/teacher_extract.py --device cuda --dtype bfloat16 \
         --preset llava-1.5-7b-geometry --batches 1,8,32 --modes plain,capture
+    python bench/teacher_extract.py --parts cold        # only the cold maps/s table
 """
 
 from __future__ import annotations
@@ -151,24 +160,98 @@ def matmul_rate(device: str, dtype: str) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu-bench")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--modes", default="plain,capture,eager")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        kind, mode, batch = args.one.split(":")
-        if kind == "memory":
-            out = measure_memory(mode, int(batch), args.preset, args.device, args.dtype)
-        else:
-            out = measure_times(mode.split("+"), int(batch), args.preset, args.device, args.dtype, args.repeats)
-        print(json.dumps(out))
+COLD_MODES = ("forward", "decode", "second-pass", "forced")
+
+
+def _png(seed: int, side: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def cold_map_seconds(model, processor, batches: list[int], repeats: int, device: str) -> dict[int, dict[str, float]]:
+    """Median seconds per call of `batch` cold maps, per mode (COLD_MODES), modes interleaved."""
+    from services.teacher.engine.extraction import InteractionEngine
+    from services.teacher.engine.loading import LoadedVLM, ModelIdentity
+
+    vlm = LoadedVLM(model, processor, ModelIdentity("random", "none"))
+    side = model.config.vision_config.image_size
+    seeds = iter(range(10**9))
+    out: dict[int, dict[str, float]] = {}
+    for batch in batches:
+        engines = {mode: InteractionEngine(vlm, max_batch_size=batch, capture=mode)
+                   for mode in ("decode", "second-pass")}
+        times: dict[str, list[float]] = {mode: [] for mode in COLD_MODES}
+        for round_ in range(repeats + 1):  # round 0 warms up
+            for mode in COLD_MODES:
+                images = [_png(next(seeds), side) for _ in range(batch)]
+                _sync(device)
+                start = time.perf_counter()
+                _cold_call(engines, mode, images)
+                _sync(device)
+                if round_:
+                    times[mode].append(time.perf_counter() - start)
+        out[batch] = {mode: statistics.median(values) for mode, values in times.items()}
+    return out
+
+
+def _cold_call(engines: dict, mode: str, images: list[bytes]) -> None:
+    import torch
+
+    from services.teacher.engine.capture import CAPTURE_IMPLEMENTATION
+    from services.teacher.engine.extraction import InteractionRequest
+
+    forced = mode in ("forced", "forward")
+    requests = [InteractionRequest(image=image, label="circle", background="stripes" if forced else None)
+                for image in images]
+    engine = engines["decode" if mode == "decode" else "second-pass"]
+    if mode != "forward":
+        engine.extract_batch(requests)
         return
+    # The floor: one plain forward over the forced prompts (prompt + image + whole answer), no capture.
+    runs = [run for i, r in enumerate(requests) for run in engine._runs(i, engine.validate(r)[0])]
+    encoded = engine.encoder.encode([engine.encoder.expand(r.plan.prompt_ids) for r in runs], [r.image for r in runs])
+    model = engine.vlm.model
+    model.set_attn_implementation("sdpa")
+    try:
+        with torch.no_grad():
+            model.model(**encoded)
+    finally:
+        model.set_attn_implementation(CAPTURE_IMPLEMENTATION)
+
+
+def print_cold_table(seconds: dict[int, dict[str, float]]) -> None:
+    print("\ncold maps/s through the engine (median per call; x = maps/s over second-pass's)")
+    print(f"{'batch':>5} " + " ".join(f"{m:>18}" for m in COLD_MODES))
+    for batch, by_mode in seconds.items():
+        ref = by_mode["second-pass"]
+        cells = [f"{batch / s:>9.2f} ({ref / s:>5.2f}x)" for s in by_mode.values()]
+        print(f"{batch:>5} " + " ".join(f"{c:>18}" for c in cells))
+
+
+def cold_part(args) -> None:
+    import torch
+
+    from services.teacher.engine.capture import CAPTURE_IMPLEMENTATION
+    from services.teacher.engine.loading import parse_dtype
+    from services.teacher.tiny.build import build_tiny_model
+
+    torch.set_grad_enabled(False)
+    model, processor = build_tiny_model(args.preset, device=args.device, dtype=parse_dtype(args.dtype))
+    model.set_attn_implementation(CAPTURE_IMPLEMENTATION)  # as load_vlm sets it for the engine
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"preset={args.preset} device={args.device} dtype={args.dtype} repeats={args.repeats}")
+    print_cold_table(cold_map_seconds(model, processor, batches, args.repeats, args.device))
+
+
+def forward_part(args) -> None:
+    """The forward table: each (mode, batch) timed in its own subprocess, memory in another."""
     modes = args.modes.split(",")
 
     def child(spec: str):
@@ -203,6 +286,32 @@ def main() -> None:
               f"{(r['seconds'] / ref['seconds']) if ref else float('nan'):>12.3f} {r['peak_bytes'] / 2**20:>9.0f} "
               f"{(r['peak_bytes'] / ref['peak_bytes']) if ref else float('nan'):>12.3f} "
               f"{r['seconds'] / floor:>8.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu-bench")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--modes", default="plain,capture,eager")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--parts", default="forward,cold", help="forward, cold, or both")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        kind, mode, batch = args.one.split(":")
+        if kind == "memory":
+            out = measure_memory(mode, int(batch), args.preset, args.device, args.dtype)
+        else:
+            out = measure_times(mode.split("+"), int(batch), args.preset, args.device, args.dtype, args.repeats)
+        print(json.dumps(out))
+        return
+    parts = args.parts.split(",")
+    if "forward" in parts:
+        forward_part(args)
+    if "cold" in parts:
+        cold_part(args)
 
 
 if __name__ == "__main__":

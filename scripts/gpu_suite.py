@@ -9,8 +9,11 @@ Parts, each printed as a table:
   forward   one teacher forward over prompt + image + answer at LLaVA-1.5 token geometry:
             `plain` (SDPA, no maps) vs `capture` (the lfi_capture kernel keeping 12 answer rows);
             seconds, maps/s, peak memory, and time over the floor 2 x text params x tokens / rate
-  engine    cold maps/s through `InteractionEngine.extract_batch` (answer generated, then
-            captured), the label forced as a training job asks; distinct random images
+  cold      cold maps/s through `InteractionEngine.extract_batch`, the label forced as a training
+            job asks (the background generated), distinct random images: `decode` (capture inside
+            the answer's decoding, the default), `second-pass` (generate, then a teacher-forced
+            forward), `forced` (background given too: one forward) and `forward` (a plain forward
+            over the same prompts: the floor); bench/teacher_extract.py's `cold` part
   student   ViT vs I-ViT training step (forward, CE + alignment loss, backward, AdamW) under
             bf16 autocast: images/s and peak memory
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import statistics
 import sys
 import time
@@ -68,11 +70,8 @@ def matmul_rate(device: str, dtype: torch.dtype) -> float:
 
 def teacher_parts(preset: str, device: str, dtype: torch.dtype, batches: list[int], repeats: int,
                   rate: float) -> None:
-    from PIL import Image
 
     from services.teacher.engine.capture import CAPTURE_IMPLEMENTATION, capturing
-    from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
-    from services.teacher.engine.loading import LoadedVLM, ModelIdentity
     from services.teacher.tiny.build import PRESETS, build_tiny_model
 
     torch.set_grad_enabled(False)
@@ -132,39 +131,9 @@ def teacher_parts(preset: str, device: str, dtype: torch.dtype, batches: list[in
         del inputs
     model.set_attn_implementation(CAPTURE_IMPLEMENTATION)  # what load_vlm sets for the engine
 
-    engine_batches = batches
-    print(f"\nengine: cold maps/s through InteractionEngine.extract_batch (label forced, answer generated, "
-          f"then captured; {repeats} timed calls after a warm-up)")
-    print(f"{'batch':>5} {'s/call':>8} {'maps/s':>8} {'peak MiB':>9}")
-    vlm = LoadedVLM(model, processor, ModelIdentity(f"random:{preset}", "none"))
-    seed = 0
-    for batch in engine_batches:
-        engine = InteractionEngine(vlm, max_batch_size=batch)
+    from bench.teacher_extract import cold_map_seconds, print_cold_table
 
-        def requests(n: int) -> list[InteractionRequest]:
-            nonlocal seed
-            out = []
-            for _ in range(n):
-                seed += 1
-                pixels = torch.randint(0, 256, (side, side, 3), generator=torch.Generator().manual_seed(seed))
-                buffer = io.BytesIO()
-                Image.fromarray(pixels.to(torch.uint8).numpy()).save(buffer, format="PNG")
-                out.append(InteractionRequest(image=buffer.getvalue(), label="circle"))
-            return out
-
-        engine.extract_batch(requests(batch))  # warm-up
-        _sync(device)
-        _reset_peak(device)
-        timings = []
-        for _ in range(repeats):
-            work = requests(batch)
-            _sync(device)
-            start = time.perf_counter()
-            engine.extract_batch(work)
-            _sync(device)
-            timings.append(time.perf_counter() - start)
-        s = statistics.median(timings)
-        print(f"{batch:>5} {s:>8.3f} {batch / s:>8.2f} {_peak_mib(device):>9.0f}")
+    print_cold_table(cold_map_seconds(model, processor, batches, repeats, device))
     gc.collect()
     _reset_peak(device)
 

@@ -22,5 +22,8 @@ def test_gpu_suite_runs_on_cpu_and_prints_every_table() -> None:
     forward_rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["2"])
                     and len(line.split()) == 7]
     assert {(r[0], r[1]) for r in forward_rows} == {("1", "plain"), ("1", "capture"), ("2", "plain"), ("2", "capture")}
-    assert "engine: cold maps/s" in out
+    assert "cold maps/s through the engine" in out
+    cold_rows = [line.split() for line in out.splitlines()
+                 if line.split()[:1] in (["1"], ["2"]) and len(line.split()) == 13]
+    assert [r[0] for r in cold_rows] == ["1", "2"]
     assert "I-ViT / ViT step time:" in out
