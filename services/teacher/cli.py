@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+
+from services.teacher.settings import TeacherSettings, help_for, override_help
+
+if TYPE_CHECKING:
+    from services.teacher.engine.extraction import InteractionEngine
+    from services.teacher.engine.extraction_settings import ExtractionSettings
 
 teacher_app = typer.Typer(no_args_is_help=True, help="The VLM teacher: interaction maps from LLaVA-1.5.")
 console = Console(stderr=True)
@@ -87,11 +94,12 @@ def train_tiny(
                   f"answers on held-out images: {json.dumps(report.evaluation)}")
 
 
-def _extraction(model_dir: str, layers: str | None, rows: str | None, head_reduce: str | None):
+def _extraction(model_dir: str, layers: str | None, rows: str | None,
+                head_reduce: str | None) -> ExtractionSettings:
     """The checkpoint's recommended extraction settings with the options given on the command line."""
     from dataclasses import replace
 
-    from services.teacher.engine.extraction import recommended_settings
+    from services.teacher.engine.extraction_settings import recommended_settings
 
     given: dict = {}
     if layers:
@@ -130,6 +138,8 @@ def extract(
     model: str = typer.Option(None, help="Hub id, folder or builtin:<preset> (default: LFI_TEACHER_MODEL)."),
     task: str = typer.Option("classification", help="classification | detection | segmentation"),
     label: str = typer.Option(None, help="Force the foreground word."),
+    background: str = typer.Option(None, help="Force the background word too (with --label or boxes): "
+                                   "nothing is generated, one forward per map."),
     vocabulary: str = typer.Option(None, help="Comma-separated words the VLM chooses the foreground from."),
     box: list[str] = typer.Option(None, help="x0,y0,x1,y1:label (dense tasks; repeat for more boxes)."),
     prompt: str = typer.Option(None, help="Prompt template id (default per task)."),
@@ -139,58 +149,71 @@ def extract(
     rows: str = typer.Option(None, help="word | predicting: whose attention row stands for a word (default: "
                              "the checkpoint's recommendation, else word)."),
     out: Path = typer.Option(Path("maps"), help="Writes <name>.npy, <name>-map.png and results.jsonl here."),
-    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
-    device: str = typer.Option("cpu"),
-    dtype: str = typer.Option("float32"),
+    batch_size: int = typer.Option(TeacherSettings.defaults().max_batch_size, help="Sequences per forward pass."),
+    device: str = typer.Option(TeacherSettings.defaults().device),
+    dtype: str = typer.Option(TeacherSettings.defaults().dtype),
+    capture: str = typer.Option(None, help=help_for("capture")),
 ) -> None:
     """Compute interaction maps for image files and save them with overlays."""
-    from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
-    from services.teacher.engine.overlay import overlay
+    engine = _extract_engine(model, layers, rows, batch_size=batch_size, device=device, dtype=dtype,
+                             capture=capture)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = {"task": task, "label": label, "background": background, "prompt": prompt,
+              "vocabulary": [w.strip() for w in vocabulary.split(",")] if vocabulary else None,
+              "boxes": [_parse_box(b) for b in box or []], "grid": _parse_grid(grid)}
+    table = Table("image", "answer", "status", "degenerate")
+    with Progress(console=console) as progress, (out / "results.jsonl").open("a") as log:
+        bar = progress.add_task("extracting", total=len(images))
+        for path in images:
+            table.add_row(*_extract_one(engine, path, fields, out, log))
+            progress.advance(bar)
+    Console().print(table)
+
+
+def _extract_engine(model: str | None, layers: str | None, rows: str | None, *, batch_size: int, device: str,
+                    dtype: str, capture: str | None = None) -> InteractionEngine:
+    """The engine `extract` runs: the model resolved, its recommended settings overridden by the options."""
+    from services.teacher.engine.extraction import InteractionEngine
     from services.teacher.tiny.resolve import resolve_model
     from shared.errors import LfiError
-    from shared.images import decode_image
     from shared.settings import get_settings
 
     settings = get_settings()
     try:
         model_dir = resolve_model(model or settings.teacher_model, settings.cache_dir)
-        engine = InteractionEngine.from_pretrained(
+        return InteractionEngine.from_pretrained(
             model_dir, device=device, dtype=dtype, settings=_extraction(model_dir, layers, rows, None),
-            max_batch_size=batch_size,
+            max_batch_size=batch_size, cache_dir=settings.cache_dir, capture=capture,
         )
     except LfiError as exc:
         _fail(exc.message)
     except ValueError:
         _fail(f"--layers {layers!r} must be comma-separated integers")
-    out.mkdir(parents=True, exist_ok=True)
-    words = [w.strip() for w in vocabulary.split(",")] if vocabulary else None
-    boxes = [_parse_box(b) for b in box or []]
-    table = Table("image", "answer", "status", "degenerate")
-    with Progress(console=console) as progress, (out / "results.jsonl").open("a") as log:
-        bar = progress.add_task("extracting", total=len(images))
-        for path in images:
-            try:
-                image = decode_image(path.read_bytes())
-                result = engine.extract(InteractionRequest(
-                    image=image, task=task, label=label, vocabulary=words, boxes=boxes, prompt=prompt,
-                    grid=_parse_grid(grid),
-                ))
-            except (LfiError, OSError) as exc:
-                message = exc.message if isinstance(exc, LfiError) else str(exc)
-                table.add_row(path.name, f"[red]{message}[/red]", "error", "-")
-                progress.advance(bar)
-                continue
-            import numpy as np
 
-            np.save(out / f"{path.stem}.npy", result.map)
-            overlay(image, result.map).save(out / f"{path.stem}-map.png")
-            log.write(json.dumps({"image": str(path), "answer": result.answer,
-                                  "status": result.answer_status.value, "degenerate": result.degenerate,
-                                  "model": result.model.id, "revision": result.model.revision,
-                                  "prompt": result.prompt, "shape": list(result.map.shape)}) + "\n")
-            table.add_row(path.name, result.answer, result.answer_status.value, str(result.degenerate))
-            progress.advance(bar)
-    Console().print(table)
+
+def _extract_one(engine: InteractionEngine, path: Path, fields: dict, out: Path,
+                 log: IO[str]) -> tuple[str, str, str, str]:
+    """Map one image file and save it; a file that fails is a row of the table, not the end of the run."""
+    from services.teacher.engine.extraction import InteractionRequest
+    from services.teacher.engine.overlay import overlay
+    from shared.errors import LfiError
+    from shared.images import decode_image
+
+    try:
+        image = decode_image(path.read_bytes())
+        result = engine.extract(InteractionRequest(image=image, **fields))
+    except (LfiError, OSError) as exc:
+        message = exc.message if isinstance(exc, LfiError) else str(exc)
+        return path.name, f"[red]{message}[/red]", "error", "-"
+    import numpy as np
+
+    np.save(out / f"{path.stem}.npy", result.map)
+    overlay(image, result.map).save(out / f"{path.stem}-map.png")
+    log.write(json.dumps({"image": str(path), "answer": result.answer,
+                          "status": result.answer_status.value, "degenerate": result.degenerate,
+                          "model": result.model.id, "revision": result.model.revision,
+                          "prompt": result.prompt, "shape": list(result.map.shape)}) + "\n")
+    return path.name, result.answer, result.answer_status.value, str(result.degenerate)
 
 
 @teacher_app.command("demo")
@@ -219,32 +242,41 @@ def demo(
                       f"{row['shape_area']:.2f}", str(row["compute_ms"]))
     Console().print(table)
     console.print(f"overlays and maps in [bold]{out}[/bold] (model {model_dir})")
+    note = _builtin_teacher_note(settings.teacher_model)
+    if note:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def _builtin_teacher_note(spec: str) -> str | None:
+    """What a demo on a built-in teacher does not show, so nobody mistakes it for LLaVA-1.5's maps."""
     from services.teacher.tiny.build import PRESETS
     from services.teacher.tiny.resolve import TRAINED_SPEC
 
-    if settings.teacher_model == TRAINED_SPEC:
-        console.print("[yellow]note:[/yellow] the built-in teacher is a tiny LLaVA trained on these synthetic "
-                      "shapes only; set LFI_TEACHER_MODEL to a LLaVA-1.5 checkpoint (e.g. "
-                      "llava-hf/llava-1.5-7b-hf) for real images.")
-    elif settings.teacher_model.removeprefix("builtin:") in PRESETS:
-        console.print("[yellow]note:[/yellow] this built-in teacher has random weights: the machinery is "
-                      "real, its answers and maps are not meaningful. builtin:tiny-synth is trained.")
+    if spec == TRAINED_SPEC:
+        return ("the built-in teacher is a tiny LLaVA trained on these synthetic shapes only; set "
+                "LFI_TEACHER_MODEL to a LLaVA-1.5 checkpoint (e.g. llava-hf/llava-1.5-7b-hf) for real images.")
+    if spec.removeprefix("builtin:") in PRESETS:
+        return ("this built-in teacher has random weights: the machinery is real, its answers and maps are "
+                "not meaningful. builtin:tiny-synth is trained.")
+    return None
 
 
 @teacher_app.command("serve")
 def serve(
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8100),
+    # Tunables default to None: an option not given keeps the value of LFI_TEACHER_* or TeacherSettings.
+    host: str | None = typer.Option(None, help=override_help("host")),
+    port: int | None = typer.Option(None, help=override_help("port")),
     model: str = typer.Option(None, help="Hub id, folder or builtin:<preset> (default: LFI_TEACHER_MODEL)."),
-    device: str = typer.Option("cpu"),
-    dtype: str = typer.Option("float32"),
-    max_batch_size: int = typer.Option(8, help="Sequences per GPU batch."),
-    max_wait_ms: float = typer.Option(10.0, help="How long a batch may wait to fill (0: dynamic batching off)."),
-    max_queue: int = typer.Option(1024, help="Queued requests per team before 503."),
-    answer_backend: str = typer.Option("transformers", help="transformers | vllm"),
-    max_pixels: int = typer.Option(40_000_000, help="Largest image accepted (pixels)."),
-    max_body_mb: int = typer.Option(64, help="Largest request body accepted (MiB)."),
-    request_timeout_s: float = typer.Option(120.0, help="A request not answered within this is failed (503)."),
+    device: str | None = typer.Option(None, help=override_help("device")),
+    dtype: str | None = typer.Option(None, help=override_help("dtype")),
+    max_batch_size: int | None = typer.Option(None, help=override_help("max_batch_size")),
+    max_wait_ms: float | None = typer.Option(None, help=override_help("max_wait_ms")),
+    max_queue: int | None = typer.Option(None, help=override_help("max_queue_per_team")),
+    answer_backend: str | None = typer.Option(None, help=override_help("answer_backend")),
+    max_pixels: int | None = typer.Option(None, help=override_help("max_pixels")),
+    max_body_mb: int | None = typer.Option(None, help=override_help("max_body_mb")),
+    request_timeout_s: float | None = typer.Option(None, help=override_help("request_timeout_s")),
+    capture: str | None = typer.Option(None, help=override_help("capture")),
     layers: str = typer.Option(None, help="Comma-separated text layers averaged into maps (default: the "
                                "checkpoint's recommendation, else all)."),
     rows: str = typer.Option(None, help="word | predicting (default: the checkpoint's recommendation, else word)."),
@@ -252,13 +284,23 @@ def serve(
 ) -> None:
     """Serve /interactions over HTTP (needs LFI_TEAMS_FILE; Redis at LFI_REDIS_URL, optional)."""
     import uvicorn
+    from pydantic import ValidationError
 
-    from services.teacher.serving.app import TeacherConfig, create_app
+    from services.teacher.serving.app import create_app
+    from services.teacher.serving.state import TeacherConfig
     from services.teacher.tiny.resolve import resolve_model
     from shared.errors import LfiError
     from shared.settings import get_settings
     from shared.teams import TeamDirectory
 
+    given = {"host": host, "port": port, "device": device, "dtype": dtype, "max_batch_size": max_batch_size,
+             "max_wait_ms": max_wait_ms, "max_queue_per_team": max_queue, "answer_backend": answer_backend,
+             "max_pixels": max_pixels, "max_body_mb": max_body_mb, "request_timeout_s": request_timeout_s,
+             "capture": capture}
+    try:  # keyword arguments win over the environment
+        tunables = TeacherSettings(**{name: value for name, value in given.items() if value is not None})
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     settings = get_settings()
     if settings.teams_file is None:
         _fail("set LFI_TEAMS_FILE to a teams YAML file (see README; `lfi teacher team-key NAME` makes an entry)")
@@ -271,21 +313,17 @@ def serve(
     try:
         model_dir = resolve_model(model or settings.teacher_model, settings.cache_dir)
         check_model_reference(model_dir)
-        parse_dtype(dtype)
+        parse_dtype(tunables.dtype)
     except (LfiError, ValueError) as exc:
         _fail(getattr(exc, "message", str(exc)))
-    config = TeacherConfig(
-        model=model_dir, redis_url=settings.redis_url,
-        teams=teams, dtype=dtype, device=device, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-        max_queue_per_team=max_queue, answer_backend=answer_backend, max_pixels=max_pixels,
-        max_body_bytes=max_body_mb * 1024 * 1024, map_ttl_s=settings.map_ttl_s or None,
-        request_timeout_s=request_timeout_s,
-    )
     try:
-        config.extraction = _extraction(model_dir, layers, rows, head_reduce)
+        extraction = _extraction(model_dir, layers, rows, head_reduce)
     except (LfiError, ValueError) as exc:
         _fail(f"--layers/--rows/--head-reduce: {getattr(exc, 'message', exc)}")
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    config = TeacherConfig(model=model_dir, redis_url=settings.redis_url, teams=teams, settings=tunables,
+                           map_ttl_s=settings.map_ttl_s or None, extraction=extraction, cache_dir=settings.cache_dir)
+    uvicorn.run(create_app(config), host=tunables.host, port=tunables.port, log_level="info",
+                timeout_graceful_shutdown=5)
 
 
 @teacher_app.command("team-key")

@@ -20,17 +20,21 @@ class TeacherSettings(BaseSettings):
     # extra="ignore": LFI_TEACHER_URL / _MODEL / _KEY belong to shared.settings.Settings.
     model_config = SettingsConfigDict(env_prefix="LFI_TEACHER_", extra="ignore", frozen=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(8100, ge=1, le=65535)
-    device: str = "cpu"
-    dtype: str = "float32"
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8100, ge=1, le=65535, description="Port to listen on.")
+    device: str = Field("cpu", description="Device the model runs on (cpu, cuda, cuda:1, ...).")
+    dtype: str = Field("float32", description="float32 | bfloat16 | float16")
     max_batch_size: int = Field(8, ge=1, description="Sequences per GPU batch.")
     max_wait_ms: float = Field(10.0, ge=0, description="How long a batch may wait to fill (0: dynamic batching off).")
     max_queue_per_team: int = Field(1024, ge=1, description="Queued requests per team before 503.")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest image accepted (pixels).")
     max_body_mb: int = Field(64, ge=1, description="Largest request body accepted (MiB).")
     request_timeout_s: float = Field(120.0, gt=0, description="A request not answered within this is failed (503).")
-    answer_backend: Literal["transformers", "vllm"] = "transformers"
+    answer_backend: Literal["transformers", "vllm"] = Field("transformers", description="transformers | vllm")
+    capture: Literal["decode", "second-pass"] | None = Field(
+        None, description="decode: rows kept while the answer is decoded, one pass per map (the default where "
+        "answers are written in this process); second-pass: generate, then a teacher-forced forward (checking; "
+        "what the vllm backend needs)")
 
     @property
     def max_body_bytes(self) -> int:
@@ -45,3 +49,11 @@ class TeacherSettings(BaseSettings):
 def help_for(field: str) -> str | None:
     """A setting's description, for the CLI option that overrides it (one text, not two)."""
     return TeacherSettings.model_fields[field].description
+
+
+def override_help(field: str) -> str:
+    """`help_for` plus where the value comes from when the option is not given, for options that
+    default to None so as not to override the environment (the CLI cannot show their default)."""
+    prefix = TeacherSettings.model_config["env_prefix"]
+    default = TeacherSettings.model_fields[field].default
+    return f"{help_for(field) or ''} (env {prefix}{field.upper()}, default {default})".lstrip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -34,6 +35,22 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.1):
         except Exception as exc:  # the thing is not up yet
             last = exc
         time.sleep(interval_s)
+    raise TimeoutError(f"{what} not ready after {timeout_s} s (last error: {last})")
+
+
+async def wait_for_async(predicate, timeout_s: float, what: str, interval_s: float = 0.1):
+    """`wait_for` for a coroutine function, polled without blocking the event loop (requests in flight
+    on the same loop keep going while we wait for the state they cause)."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = await predicate()
+            if value:
+                return value
+        except Exception as exc:  # not there yet
+            last = exc
+        await asyncio.sleep(interval_s)
     raise TimeoutError(f"{what} not ready after {timeout_s} s (last error: {last})")
 
 
@@ -163,6 +180,10 @@ class CeleryWorker:
 
         wait_for(ready, timeout_s, f"celery worker {self.name}", interval_s=0.2)
         return self
+
+    def wait_for_log(self, text: str, timeout_s: float) -> None:
+        """Until the worker has written `text` to its log: a marker of what it did, instead of a sleep."""
+        wait_for(lambda: text in self.log_path.read_text(errors="replace"), timeout_s, f"{text!r} in {self.log_path}")
 
     def kill9(self) -> None:
         stop_group(self.proc, signal.SIGKILL, grace_s=10)

@@ -26,3 +26,8 @@ class TeacherMetrics:
                                      registry=self.registry)
         self.dropped = Gauge("lfi_teacher_dropped_total", "Queued requests dropped (client gone, deadline)",
                              registry=self.registry)
+
+    def maps_computed_total(self) -> int:
+        """Maps the engine computed, all teams together (`/stats` reports it as `engine_runs`)."""
+        return int(sum(sample.value for metric in self.maps_computed.collect() for sample in metric.samples
+                       if sample.name.endswith("_total")))

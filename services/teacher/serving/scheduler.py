@@ -12,6 +12,10 @@ requests again: closed-loop interactive clients (send, wait, send) then make the
 next batch instead of always missing it by their round trip.
 Items whose client went away or whose deadline passed are dropped before they
 reach the GPU.
+
+Every time it reads comes from `clock` (`time.monotonic` unless a test injects one), so the
+batching window and deadlines can be tested without racing the wall clock. The sizes have no
+defaults here: they come from `TeacherSettings`, their one home.
 """
 
 from __future__ import annotations
@@ -42,8 +46,7 @@ class WorkItem:
     payload: Any  # what the runner gets (a validated engine request)
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
-    deadline: float  # time.monotonic()
-    enqueued: float = field(default_factory=time.monotonic)
+    deadline: float  # on the batcher's clock
 
     def abandoned(self, now: float) -> bool:
         return self.future.done() or now > self.deadline
@@ -77,13 +80,15 @@ class FairBatcher:
         self,
         runner: Callable[[list[Any]], Sequence[Any]],
         *,
-        max_batch_size: int = 8,
-        max_wait_s: float = 0.01,
-        max_queue_per_team: int = 1024,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue_per_team: int,
         interactive_linger_s: float = 0.1,
         history: int = 2048,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runner = runner
+        self.clock = clock
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue_per_team = max_queue_per_team
@@ -98,7 +103,7 @@ class FairBatcher:
         self.batches: collections.deque[BatchRecord] = collections.deque(maxlen=history)
         self.dropped = 0
         self.busy_seconds = 0.0
-        self.started_at = time.monotonic()
+        self.started_at = clock()
         self._avg_batch_s = 0.5
         self.on_batch: Callable[[BatchRecord], None] | None = None
 
@@ -107,7 +112,7 @@ class FairBatcher:
     def submit(self, team: str, weight: float, priority: Priority, payload: Any, timeout_s: float) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        item = WorkItem(team, priority, payload, future, loop, time.monotonic() + timeout_s)
+        item = WorkItem(team, priority, payload, future, loop, self.clock() + timeout_s)
         with self._cond:
             queue = self._queues.get(team)
             if queue is None:
@@ -133,7 +138,7 @@ class FairBatcher:
             return {team: {"interactive": len(q.interactive), "bulk": len(q.bulk)} for team, q in self._queues.items()}
 
     def busy_fraction(self, window_s: float = 60.0) -> float:
-        now = time.monotonic()
+        now = self.clock()
         start = max(self.started_at, now - window_s)
         busy = sum(min(b.seconds, b.started + b.seconds - start) for b in list(self.batches)
                    if b.started + b.seconds > start)
@@ -186,19 +191,19 @@ class FairBatcher:
         with self._cond:
             while not self._stopping and self._pending() == 0:
                 self._cond.wait(timeout=0.5)
-            while not self._stopping and time.monotonic() < self._linger_until and self._awaiting_interactive():
-                self._cond.wait(timeout=self._linger_until - time.monotonic())
+            while not self._stopping and self.clock() < self._linger_until and self._awaiting_interactive():
+                self._cond.wait(timeout=self._linger_until - self.clock())
             if self._stopping:
                 return None
             backlogged = sorted(team for team, q in self._queues.items() if len(q))
             batch: list[WorkItem] = []
-            deadline = time.monotonic() + self.max_wait_s
+            deadline = self.clock() + self.max_wait_s
             while len(batch) < self.max_batch_size:
-                item = self._take_one(time.monotonic())
+                item = self._take_one(self.clock())
                 if item is not None:
                     batch.append(item)
                     continue
-                remaining = deadline - time.monotonic()
+                remaining = deadline - self.clock()
                 if remaining <= 0 or self._stopping:
                     break
                 self._cond.wait(timeout=remaining)
@@ -212,13 +217,13 @@ class FairBatcher:
             batch, backlogged = formed
             if not batch:
                 continue
-            started = time.monotonic()
+            started = self.clock()
             outcome = self._run(batch)
-            seconds = time.monotonic() - started
+            seconds = self.clock() - started
             interactive = collections.Counter(item.team for item in batch if item.priority is Priority.interactive)
             with self._cond:
                 self._linger_for = dict(interactive)
-                self._linger_until = time.monotonic() + self.interactive_linger_s if interactive else 0.0
+                self._linger_until = self.clock() + self.interactive_linger_s if interactive else 0.0
             self.busy_seconds += seconds
             self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * seconds
             counts = collections.Counter(item.team for item in batch)
@@ -234,7 +239,6 @@ class FairBatcher:
                     item.loop.call_soon_threadsafe(_resolve, item.future, result)
                 else:
                     item.loop.call_soon_threadsafe(_fail, item.future, error)
-
 
     def _run(self, batch: list[WorkItem]) -> list[tuple[WorkItem, Any, BaseException | None]]:
         """Run a batch; if it fails, run its items one by one so one bad item fails only itself."""

@@ -11,8 +11,8 @@ import logging
 
 import orjson
 
-from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
-from services.teacher.engine.prompts import DEFAULT_TEMPLATE, TEMPLATES
+from services.teacher.engine.extraction import InteractionEngine, InteractionRequest, InteractionResult, ValidRequest
+from services.teacher.engine.prompts import DEFAULT_TEMPLATE, TEMPLATES, PromptTemplate
 from services.teacher.serving.cache import MapCache
 from services.teacher.serving.limits import TeamLimits
 from services.teacher.serving.metrics import TeacherMetrics
@@ -32,7 +32,7 @@ class ClientGone(Exception):
 
 class TeacherService:
     def __init__(self, engine: InteractionEngine, cache: MapCache, batcher: FairBatcher, limits: TeamLimits,
-                 metrics: TeacherMetrics, *, request_timeout_s: float = 120.0) -> None:
+                 metrics: TeacherMetrics, *, request_timeout_s: float) -> None:
         self.engine = engine
         self.cache = cache
         self.batcher = batcher
@@ -43,7 +43,6 @@ class TeacherService:
         # sha256 of a request's raw JSON body -> its map key (bounded LRU): repeat requests skip decoding.
         self.raw_keys: collections.OrderedDict[bytes, str] = collections.OrderedDict()
         self.raw_keys_max = 100_000
-        self.engine_runs = 0  # requests that reached the engine (tests count these)
 
     # -- what clients need to compute keys themselves ---------------------------------------------
 
@@ -58,24 +57,25 @@ class TeacherService:
             "grid": self.engine.grid_side,
         }
 
-    def _key(self, body: InteractionRequestBody, clean: InteractionRequest, template) -> str:
+    def _key(self, clean: ValidRequest, template: PromptTemplate) -> str:
         identity = self.engine.vlm.identity
         return map_key(
             pixels=pixel_digest(clean.image), task=clean.task.value, label=clean.label,
             vocabulary=clean.vocabulary, boxes=[b.model_dump() for b in clean.boxes], prompt=template.id,
             prompt_version=template.version, grid=clean.grid, per_instance=clean.per_instance,
             return_layers=clean.return_layers, extraction=self.engine.key_settings(),
-            model_id=identity.id, model_revision=identity.revision,
+            model_id=identity.id, model_revision=identity.revision, background=clean.background,
         )
 
-    def prepare(self, body: InteractionRequestBody, image_bytes: bytes) -> tuple[str, InteractionRequest]:
+    def prepare(self, body: InteractionRequestBody, image_bytes: bytes) -> tuple[str, ValidRequest]:
         """Decode, validate and key a request (CPU work: run it off the event loop)."""
         request = InteractionRequest(
             image=image_bytes, task=body.task, label=body.label, vocabulary=body.vocabulary, boxes=body.boxes,
-            prompt=body.prompt, grid=body.grid, per_instance=body.per_instance, return_layers=body.return_layers,
+            background=body.background, prompt=body.prompt, grid=body.grid, per_instance=body.per_instance,
+            return_layers=body.return_layers,
         )
         clean, _, template = self.engine.validate(request)
-        return self._key(body, clean, template), clean
+        return self._key(clean, template), clean
 
     def remember_raw(self, fingerprint: bytes, key: str) -> None:
         self.raw_keys[fingerprint] = key
@@ -141,7 +141,8 @@ class TeacherService:
         finally:
             self._inflight.pop(key, None)
 
-    async def _compute_once(self, team, priority, key, request, gone) -> bytes:
+    async def _compute_once(self, team: Team, priority: Priority, key: str, request: InteractionRequest,
+                            gone: asyncio.Future | None) -> bytes:
         deadline = loop_time() + self.request_timeout_s
         while True:
             if await self.cache.try_lock(key):
@@ -161,7 +162,8 @@ class TeacherService:
                 raise Unavailable(f"map {key} was not computed within {self.request_timeout_s:.0f} s",
                                   code="timeout", retry_after_s=1.0)
 
-    async def _compute(self, team, priority, key, request, gone, deadline) -> bytes:
+    async def _compute(self, team: Team, priority: Priority, key: str, request: InteractionRequest,
+                       gone: asyncio.Future | None, deadline: float) -> bytes:
         reservation = await self.limits.reserve_maps(team)
         try:
             future = self.batcher.submit(team.name, team.weight, priority, request, max(0.0, deadline - loop_time()))
@@ -179,7 +181,6 @@ class TeacherService:
         except Exception as exc:
             await self.limits.release_maps(reservation)
             raise EngineFailed(f"the model failed on this batch: {exc.__class__.__name__}: {exc}") from exc
-        self.engine_runs += 1
         self.metrics.maps_computed.labels(team.name).inc()
         value = result_json(result, key)
         await self.cache.put(key, value)
@@ -190,7 +191,7 @@ def loop_time() -> float:
     return asyncio.get_running_loop().time()
 
 
-async def _wait(future: asyncio.Future, gone: asyncio.Future | None, deadline: float):
+async def _wait(future: asyncio.Future, gone: asyncio.Future | None, deadline: float) -> InteractionResult:
     """Await the batcher's future unless the client disconnects or the deadline passes first."""
     waiting = {future} if gone is None else {future, gone}
     try:
