@@ -6,7 +6,8 @@ Prints one table:
   cached batch   maps/s through POST /interactions/batch with key-only items (256 per call)
   cached single  p50 / p99 latency of POST /interactions (a cached 64x64 PNG) at 50 concurrent clients
   cold           maps/s on the tiny model for 96 distinct images, dynamic batching on (batch 8,
-                 wait 10 ms) and off (batch 1)
+                 wait 10 ms) with capture during decoding (the default) and with `--capture
+                 second-pass`, and batching off (batch 1)
 The load generator runs in this process, on the same cores as the server: the numbers are a
 floor for what the server does on a machine of its own.
 """
@@ -164,7 +165,16 @@ def main() -> None:
                 rows.append(("cached single, 50 clients (httpx)", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms",
                              f"{len(lat)} requests; Python client shares the cores"))
                 on = asyncio.run(cold(server.url, args.cold_n, 10_000))
-                rows.append(("cold, dynamic batching on (8, 10 ms)", f"{on:.2f} maps/s", f"{args.cold_n} images"))
+                rows.append(("cold, dynamic batching on (8, 10 ms), capture decode", f"{on:.2f} maps/s",
+                             f"{args.cold_n} images"))
+            finally:
+                server.stop()
+            server = start_teacher(tmp, model, redis, "--max-batch-size", "8", "--max-wait-ms", "10",
+                                   "--capture", "second-pass")
+            try:
+                second = asyncio.run(cold(server.url, args.cold_n, 30_000))
+                rows.append(("cold, dynamic batching on, capture second-pass", f"{second:.2f} maps/s",
+                             f"decode/second-pass = {on / second:.2f}x"))
             finally:
                 server.stop()
             server = start_teacher(tmp, model, redis, "--max-batch-size", "1", "--max-wait-ms", "0")
