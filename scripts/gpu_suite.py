@@ -53,21 +53,6 @@ def _peak_mib(device: str) -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
 
 
-def matmul_rate(device: str, dtype: torch.dtype) -> float:
-    n = 8192 if device.startswith("cuda") else 512
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    reps = 20 if device.startswith("cuda") else 3
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
-
-
 def teacher_parts(preset: str, device: str, dtype: torch.dtype, batches: list[int], repeats: int,
                   rate: float) -> None:
 
@@ -209,7 +194,9 @@ def main() -> None:
 
     print(f"device {name}, torch {torch.__version__}, transformers {transformers.__version__}, dtype {args.dtype}")
     started = time.perf_counter()
-    rate = matmul_rate(args.device, dtype)
+    from bench.teacher_extract import matmul_rate
+
+    rate = matmul_rate(args.device, args.dtype)
     print(f"matmul: {rate / 1e12:.1f} TFLOP/s")
     parts = args.parts.split(",")
     if "teacher" in parts:

@@ -28,44 +28,53 @@ _active_session: contextvars.ContextVar[CaptureSession | DecodeCaptureSession | 
 )
 
 
-@dataclass
-class CaptureSession:
-    """What one forward pass should capture, and where it puts it.
+@dataclass(frozen=True)
+class CaptureTarget:
+    """Which attention modules a session listens to, and how it reduces what it keeps.
 
-    rows:   (B, A) sequence positions of the answer tokens whose attention we want
-            (padded with any valid position; `row_valid` says which are real).
-    cols:   (B, N) sequence positions of the image tokens, in grid order.
-    layers: text-layer indices to keep (None = all); heads: head indices (None = all).
-    Result: `captured[layer]` is (B, A, N) float32, the head-reduced attention
-    probabilities of each answer row on the image tokens.
+    layers: text-layer indices to keep (None = all); heads: head indices (None = all), reduced by
+    `head_reduce` (mean | max). Probabilities are kept on the image columns `cols` (B, N) only.
     """
 
-    rows: torch.Tensor
-    cols: torch.Tensor
     modules: frozenset[int]
+    cols: torch.Tensor
     layers: frozenset[int] | None = None
     heads: Sequence[int] | None = None
     head_reduce: str = "mean"
-    captured: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def wants(self, module: torch.nn.Module) -> bool:
         if id(module) not in self.modules:
             return False
         return self.layers is None or module.layer_idx in self.layers
 
-    def record(
-        self,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float,
-    ) -> None:
+    def probabilities(self, query: torch.Tensor, key: torch.Tensor, rows: torch.Tensor,
+                      attention_mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+        return row_probabilities(query, key, rows, self.cols.to(query.device), attention_mask, scaling,
+                                 self.heads, self.head_reduce)
+
+
+@dataclass
+class CaptureSession:
+    """What one full forward pass should capture, and where it puts it.
+
+    rows: (B, A) sequence positions of the answer tokens whose attention we want (padded with any
+    valid position). Result: `captured[layer]` is (B, A, N) float32, the head-reduced attention
+    probabilities of each answer row on the image tokens.
+    """
+
+    target: CaptureTarget
+    rows: torch.Tensor
+    captured: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def wants(self, module: torch.nn.Module) -> bool:
+        return self.target.wants(module)
+
+    def record(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+               attention_mask: torch.Tensor | None, scaling: float) -> None:
         if query.shape[2] != key.shape[2]:
             return  # a decoding step with a cache: not the full-sequence pass we capture
-        self.captured[module.layer_idx] = row_probabilities(
-            query, key, self.rows.to(query.device), self.cols.to(query.device), attention_mask, scaling,
-            self.heads, self.head_reduce)
+        self.captured[module.layer_idx] = self.target.probabilities(
+            query, key, self.rows.to(query.device), attention_mask, scaling)
 
 
 @dataclass
@@ -78,28 +87,16 @@ class DecodeCaptureSession:
     `rows(layer)` is (B, prefill_rows + steps, N) covering positions `first_position` onwards.
     """
 
-    cols: torch.Tensor
+    target: CaptureTarget
     prefill_rows: int
-    modules: frozenset[int]
-    layers: frozenset[int] | None = None
-    heads: Sequence[int] | None = None
-    head_reduce: str = "mean"
     first_position: int | None = None
     captured: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
     def wants(self, module: torch.nn.Module) -> bool:
-        if id(module) not in self.modules:
-            return False
-        return self.layers is None or module.layer_idx in self.layers
+        return self.target.wants(module)
 
-    def record(
-        self,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float,
-    ) -> None:
+    def record(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+               attention_mask: torch.Tensor | None, scaling: float) -> None:
         batch, _, q_len, _ = query.shape
         pieces = self.captured.setdefault(module.layer_idx, [])
         if not pieces:  # the prefill: the whole prompt at once
@@ -112,9 +109,7 @@ class DecodeCaptureSession:
             rows = torch.zeros(1, dtype=torch.long, device=query.device)
         else:
             raise RuntimeError(f"decode capture expects one new token per step, got {q_len}")
-        pieces.append(row_probabilities(
-            query, key, rows.expand(batch, -1), self.cols.to(query.device), attention_mask, scaling,
-            self.heads, self.head_reduce))
+        pieces.append(self.target.probabilities(query, key, rows.expand(batch, -1), attention_mask, scaling))
 
     def rows(self, layer: int) -> torch.Tensor:
         return torch.cat(self.captured[layer], dim=1)
@@ -201,59 +196,35 @@ def text_attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [layer.self_attn for layer in layers]
 
 
-@contextmanager
-def decode_capturing(
-    model: torch.nn.Module,
-    cols: torch.Tensor,
-    prefill_rows: int,
-    *,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    head_reduce: str = "mean",
-) -> Iterator[DecodeCaptureSession]:
-    """Activate decode capture for the `generate` call inside the block."""
-    _check_kernel(model)
-    session = DecodeCaptureSession(
-        cols=cols, prefill_rows=prefill_rows, modules=frozenset(id(m) for m in text_attention_modules(model)),
-        layers=frozenset(layers) if layers is not None else None, heads=heads, head_reduce=head_reduce,
-    )
-    token = _active_session.set(session)
-    try:
-        yield session
-    finally:
-        _active_session.reset(token)
-
-
-def _check_kernel(model: torch.nn.Module) -> None:
+def _target(model: torch.nn.Module, cols: torch.Tensor, layers: Sequence[int] | None,
+            heads: Sequence[int] | None, head_reduce: str) -> CaptureTarget:
     if model.config.text_config._attn_implementation != CAPTURE_IMPLEMENTATION:
         raise RuntimeError(
             "the text model does not run the capture kernel; load it with "
             f"attn_implementation={CAPTURE_IMPLEMENTATION!r} (services.teacher.engine.loading does)"
         )
+    return CaptureTarget(modules=frozenset(id(m) for m in text_attention_modules(model)), cols=cols,
+                         layers=frozenset(layers) if layers is not None else None, heads=heads,
+                         head_reduce=head_reduce)
 
 
 @contextmanager
-def capturing(
-    model: torch.nn.Module,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    *,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    head_reduce: str = "mean",
-) -> Iterator[CaptureSession]:
-    """Activate capture for forward passes of `model` inside the block."""
-    _check_kernel(model)
-    session = CaptureSession(
-        rows=rows,
-        cols=cols,
-        modules=frozenset(id(m) for m in text_attention_modules(model)),
-        layers=frozenset(layers) if layers is not None else None,
-        heads=heads,
-        head_reduce=head_reduce,
-    )
+def _active(session: CaptureSession | DecodeCaptureSession) -> Iterator:
     token = _active_session.set(session)
     try:
         yield session
     finally:
         _active_session.reset(token)
+
+
+def capturing(model: torch.nn.Module, rows: torch.Tensor, cols: torch.Tensor, *, layers: Sequence[int] | None = None,
+              heads: Sequence[int] | None = None, head_reduce: str = "mean"):
+    """Activate capture for the full forward passes of `model` inside the block."""
+    return _active(CaptureSession(_target(model, cols, layers, heads, head_reduce), rows))
+
+
+def decode_capturing(model: torch.nn.Module, cols: torch.Tensor, prefill_rows: int, *,
+                     layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+                     head_reduce: str = "mean"):
+    """Activate decode capture for the `generate` call inside the block."""
+    return _active(DecodeCaptureSession(_target(model, cols, layers, heads, head_reduce), prefill_rows))
