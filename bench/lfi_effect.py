@@ -15,7 +15,8 @@ epoch whose `val` top-1 reaches the plain ViT's best (mean over its seeds).
     python bench/lfi_effect.py --teacher builtin:tiny            # the random-weight teacher
 
 A variant is `name[:key=value,...]`; names: vit, ivit, oracle (I-ViT aligned with the masks);
-keys are `TrainConfig` fields (align_weight, align_layers=0+1, align_rows, kl_direction, ablation, lr).
+keys are job spec or `TrainConfig` fields (align_weight, align_layers=0+1, align_rows, kl_direction, ablation,
+lr), as `TrainConfig.from_spec` takes them.
 """
 
 from __future__ import annotations
@@ -85,10 +86,11 @@ def parse_variant(text: str) -> tuple[str, str, dict]:
 
 def run_one(name: str, overrides: dict, seed: int, args, data, maps, oracle, run_dir: Path) -> dict:
     from services.student.trainer import TrainConfig, Trainer
+    from shared.jobs import JobSpec
 
-    config = TrainConfig(model="vit-tiny", student="vit" if name == "vit" else "ivit", epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, seed=seed, checkpoint_every=0, device="cpu",
-                         **overrides)
+    spec = JobSpec(dataset="synth", model="vit-tiny", student="vit" if name == "vit" else "ivit", epochs=args.epochs,
+                   batch_size=args.batch_size, lr=args.lr, seed=seed)
+    config = TrainConfig.from_spec(spec, step_checkpoints=False, device="cpu", **overrides)
     source = None if name == "vit" else (oracle if name == "oracle" else PrecomputedMaps(maps))
     began = time.perf_counter()
     result = Trainer(config, data, run_dir, map_source=source).run()

@@ -27,6 +27,7 @@ from services.student.data import discover
 from services.student.maps import MapRequest, TeacherMaps
 from services.student.model import build_student, count_flops, count_parameters
 from services.student.trainer import TrainConfig, Trainer
+from shared.jobs import JobSpec
 from shared.synth import generate
 from shared.teacher_client import TeacherClient
 from tests.support.processes import TEAM_KEYS, RedisServer
@@ -95,7 +96,8 @@ def epoch_times(tmp: Path, epochs: int) -> tuple[list[float], list[float], dict]
                 source = TeacherMaps(client, cache_dir=tmp / "maps") if kind == "cache" else in_memory
                 if kind == "cache":  # keys as a running job knows them after its first epoch
                     source._keys = dict(filled._keys)
-                config = TrainConfig(epochs=1, batch_size=32, checkpoint_every=0, seed=i)
+                config = TrainConfig.from_spec(JobSpec(dataset="synth", epochs=1, batch_size=32, seed=i),
+                                               step_checkpoints=False)
                 trainer = Trainer(config, data, tmp / f"run-{kind}-{i}", map_source=source)
                 start = time.perf_counter()
                 trainer.run()

@@ -18,14 +18,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import httpx
 import yaml
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 console = Console(stderr=True)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # health probes are not news
@@ -128,81 +132,112 @@ def demo_teams(folder: Path) -> tuple[Path, str]:
 
 def up(*, host: str, teacher_port: int, dashboard_port: int, workers: int, concurrency: int, demo: bool,
        demo_epochs: int, demo_size: int, exit_when_done: bool) -> int:
+    """Start Redis (unless one answers), the teacher, the workers and the dashboard, each once the one
+    before is healthy; with `demo`, queue a ViT and an I-ViT job; then watch until stopped."""
     from shared.settings import get_settings
 
     settings = get_settings()
     runs_root = Path(settings.runs_root).resolve()
     data_root = Path(settings.data_root).resolve()
+    if settings.teams_file is None and not demo:
+        console.print("[red]error:[/red] set LFI_TEAMS_FILE (teams and hashed keys; see README), "
+                      "or run `lfi up --demo` for a local demo team")
+        return 2
     env = {"LFI_RUNS_ROOT": str(runs_root), "LFI_DATA_ROOT": str(data_root), "HF_HUB_OFFLINE": "1",
-           "LFI_TEACHER_URL": f"http://{host}:{teacher_port}", "PYTHONUNBUFFERED": "1"}
+           "LFI_TEACHER_URL": f"http://{host}:{teacher_port}", "PYTHONUNBUFFERED": "1",
+           "LFI_REDIS_URL": settings.redis_url}
+    key = _teacher_key(settings, env, runs_root)
+    if not _ports_free(host, {"teacher": teacher_port, "dashboard": dashboard_port}):
+        return 2
+    stack = Stack(runs_root, env)
+    with _stopped_on_exit(stack):
+        try:
+            _ensure_redis(stack, settings.redis_url, runs_root)
+            _start_services(stack, host, teacher_port, dashboard_port, workers, concurrency)
+            console.print(f"\n  dashboard  http://{host}:{dashboard_port}/\n  teacher    http://{host}:{teacher_port}/docs"
+                          f"\n  redis      {settings.redis_url}\n  logs       {runs_root / 'logs'}")
+            if demo and key:
+                console.print(f"  team key   {key}   (paste it into the dashboard)")
+            job_ids = _queue_demo(settings, data_root, demo_epochs, demo_size, settings.redis_url) if demo else []
+            console.print("\nCtrl-C stops everything.")
+            return _watch(stack, settings.redis_url, job_ids, exit_when_done)
+        except KeyboardInterrupt:
+            console.print("\nstopping …")
+            return 0
+        except LaunchError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return 1
+
+
+def _ports_free(host: str, ports: dict[str, int]) -> bool:
+    for name, port in ports.items():
+        if not _port_free(host, port):
+            console.print(f"[red]error:[/red] port {port} for the {name} is taken: pass --{name}-port")
+            return False
+    return True
+
+
+def _teacher_key(settings: Settings, env: dict[str, str], runs_root: Path) -> str | None:
+    """The key the services send to the teacher (put into `env`): a demo team's when there is no teams file."""
     key = settings.teacher_key
     if settings.teams_file is None:
-        if not demo:
-            console.print("[red]error:[/red] set LFI_TEAMS_FILE (teams and hashed keys; see README), "
-                          "or run `lfi up --demo` for a local demo team")
-            return 2
         teams, key = demo_teams(runs_root / "demo")
         env["LFI_TEAMS_FILE"] = str(teams)
     if key:
         env["LFI_TEACHER_KEY"] = key
-    for name, port in (("teacher", teacher_port), ("dashboard", dashboard_port)):
-        if not _port_free(host, port):
-            console.print(f"[red]error:[/red] port {port} for the {name} is taken: pass --{name}-port")
-            return 2
-    stack = Stack(runs_root, env)
-    stopping = {"signal": None}
+    return key
+
+
+@contextlib.contextmanager
+def _stopped_on_exit(stack: Stack) -> Iterator[None]:
+    """Inside, SIGINT and SIGTERM raise KeyboardInterrupt. On the way out the stack stops with both ignored
+    (a second Ctrl-C must not cut the shutdown short and leave processes behind); then the old handlers return."""
 
     def on_signal(signum, _frame):
-        stopping["signal"] = signum
         raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        redis_url = settings.redis_url
-        try:
-            _redis_ok(redis_url)
-            console.print(f"[green]✓[/green] redis at {redis_url} (already running)")
-        except Exception:
-            parsed = urlparse(redis_url)
-            if parsed.hostname not in ("127.0.0.1", "localhost") or shutil.which("redis-server") is None:
-                raise LaunchError(f"Redis at {redis_url} is unreachable and no local redis-server can be started "
-                                  "there (install redis-server, or point LFI_REDIS_URL at a running Redis)") from None
-            port = parsed.port or 6379
-            (runs_root / "redis").mkdir(parents=True, exist_ok=True)
-            stack.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                                  str(runs_root / "redis"), "--appendonly", "yes", "--save", ""],
-                        lambda s: _redis_ok(redis_url), timeout_s=20)
-        env["LFI_REDIS_URL"] = redis_url
-        stack.start("teacher", lfi("teacher", "serve", "--host", host, "--port", str(teacher_port)),
-                    lambda s: _http_ok(f"http://{host}:{teacher_port}/readyz"))
-        for i in range(workers):
-            name = f"worker-{i}"
-            stack.start(name, lfi("worker", "--hostname", f"{name}@lfi-up", "--concurrency", str(concurrency)),
-                        lambda s, n=name: f"{n}@lfi-up ready" in s.log.read_text(errors="replace"))
-        stack.start("dashboard", lfi("dashboard", "--host", host, "--port", str(dashboard_port)),
-                    lambda s: _http_ok(f"http://{host}:{dashboard_port}/healthz"))
-        console.print(f"\n  dashboard  http://{host}:{dashboard_port}/\n  teacher    http://{host}:{teacher_port}/docs"
-                      f"\n  redis      {redis_url}\n  logs       {runs_root / 'logs'}")
-        if demo and key:
-            console.print(f"  team key   {key}   (paste it into the dashboard)")
-        job_ids = _queue_demo(settings, data_root, demo_epochs, demo_size, redis_url) if demo else []
-        console.print("\nCtrl-C stops everything.")
-        return _watch(stack, redis_url, job_ids, exit_when_done)
-    except KeyboardInterrupt:
-        console.print("\nstopping …")
-        return 0
-    except LaunchError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 1
+        yield
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
         stack.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
-def _queue_demo(settings, data_root: Path, epochs: int, size: int, redis_url: str) -> list[str]:
+def _ensure_redis(stack: Stack, redis_url: str, runs_root: Path) -> None:
+    """Use the Redis at `redis_url` if it answers; else start a local redis-server there, if it is local."""
+    try:
+        _redis_ok(redis_url)
+        console.print(f"[green]✓[/green] redis at {redis_url} (already running)")
+        return
+    except Exception:
+        parsed = urlparse(redis_url)
+    if parsed.hostname not in ("127.0.0.1", "localhost") or shutil.which("redis-server") is None:
+        raise LaunchError(f"Redis at {redis_url} is unreachable and no local redis-server can be started "
+                          "there (install redis-server, or point LFI_REDIS_URL at a running Redis)")
+    port = parsed.port or 6379
+    (runs_root / "redis").mkdir(parents=True, exist_ok=True)
+    stack.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                          str(runs_root / "redis"), "--appendonly", "yes", "--save", ""],
+                lambda s: _redis_ok(redis_url), timeout_s=20)
+
+
+def _start_services(stack: Stack, host: str, teacher_port: int, dashboard_port: int, workers: int,
+                    concurrency: int) -> None:
+    stack.start("teacher", lfi("teacher", "serve", "--host", host, "--port", str(teacher_port)),
+                lambda s: _http_ok(f"http://{host}:{teacher_port}/readyz"))
+    for i in range(workers):
+        name = f"worker-{i}"
+        stack.start(name, lfi("worker", "--hostname", f"{name}@lfi-up", "--concurrency", str(concurrency)),
+                    lambda s, n=name: f"{n}@lfi-up ready" in s.log.read_text(errors="replace"))
+    stack.start("dashboard", lfi("dashboard", "--host", host, "--port", str(dashboard_port)),
+                lambda s: _http_ok(f"http://{host}:{dashboard_port}/healthz"))
+
+
+def _queue_demo(settings: Settings, data_root: Path, epochs: int, size: int, redis_url: str) -> list[str]:
     from shared.celery_config import make_celery
     from shared.jobs import JobSpec, JobStore, submit_job
     from shared.synth import generate

@@ -16,8 +16,16 @@ TRAIN_QUEUE = "student"
 
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("lfi", broker=settings.redis_url, backend=None)
-    app.conf.update(
+    app = Celery("lfi")
+    app.conf.update(celery_conf(settings))
+    return app
+
+
+def celery_conf(settings: Settings) -> dict:
+    """Every Celery setting lfi uses: one dict for the sending side and the worker alike."""
+    return dict(
+        broker_url=settings.redis_url,
+        result_backend=None,
         task_serializer="json",
         accept_content=["json"],  # pickle refused: a message is data, never code
         result_serializer="json",
@@ -38,4 +46,3 @@ def make_celery(settings: Settings | None = None) -> Celery:
         # job's GPU memory goes back when its child exits.
         worker_max_tasks_per_child=1,
     )
-    return app

@@ -27,12 +27,13 @@ import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import InvalidField, NotFound
+from shared.student_names import AblationName, ModelName, StudentKind
 
 JOB_PREFIX = "lfi:job:"
 JOB_INDEX = "lfi:jobs"
@@ -62,9 +63,9 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(min_length=1, max_length=500, description="Folder below LFI_DATA_ROOT.")
-    model: Literal["vit-tiny", "vit-s16", "vit-b16", "vit-l16"] = "vit-tiny"
-    student: Literal["vit", "ivit"] = "ivit"
-    ablation: Literal["none", "no-constraint", "constraint-on-original", "no-gate"] = "none"
+    model: ModelName = "vit-tiny"
+    student: StudentKind = "ivit"
+    ablation: AblationName = "none"
     init: str = Field("scratch", max_length=500, description="'scratch', or a pretrained ViT hub id or folder.")
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=4096)
@@ -98,32 +99,40 @@ class JobSpec(BaseModel):
         return layers
 
 
-def resolve_dataset(dataset: str, data_root: Path) -> Path:
-    """The dataset folder, guaranteed to lie below the data root (no `..`, no absolute escape, no symlink out)."""
+def resolve_dataset(dataset: str, data_root: Path, field: str = "dataset") -> Path:
+    """The folder `dataset` names, guaranteed to lie below the data root (no `..`, no absolute escape, no
+    symlink out). Also checks the other spec fields that name folders (`map_store`, a local `init`):
+    `field` is the one being checked, so the error names it and a form marks the right input."""
     root = Path(data_root).resolve()
+    if "\x00" in dataset:  # a JSON string may carry one; the OS refuses it with a ValueError, not a "no"
+        raise InvalidField(field, f"{field} {dataset!r} contains a NUL character")
     candidate = Path(dataset)
     if candidate.is_absolute():
-        raise InvalidRequest(f"dataset must be a path relative to the data root ({root}), got {dataset!r}")
+        raise InvalidField(field, f"{field} must be a path relative to the data root ({root}), got {dataset!r}")
     path = (root / candidate).resolve()
     if path != root and root not in path.parents:
-        raise InvalidRequest(f"dataset {dataset!r} is outside the data root {root}")
+        raise InvalidField(field, f"{field} {dataset!r} is outside the data root {root}")
     if not path.is_dir():
-        raise InvalidRequest(f"dataset {dataset!r} is not a folder under the data root {root}")
+        raise InvalidField(field, f"{field} {dataset!r} is not a folder under the data root {root}")
     return path
 
 
 def check_spec(spec: JobSpec, data_root: Path) -> Path:
-    """Checks that need the file system, done when the job is queued so a bad spec never reaches a worker."""
+    """Checks that need the file system, done when the job is queued so a bad spec never reaches a worker.
+    Each failure is an `InvalidField` naming the spec field at fault."""
     path = resolve_dataset(spec.dataset, data_root)
     for domain in spec.eval_domains:
         if not (path / domain).is_dir():
-            raise InvalidRequest(f"eval domain {domain!r} is not a folder in {spec.dataset}")
-    if spec.map_store is not None and not (resolve_dataset(spec.map_store, data_root) / "index.json").exists():
-        raise InvalidRequest(f"map_store {spec.map_store!r} has no index.json: export one with lfi maps --export")
+            raise InvalidField("eval_domains", f"eval domain {domain!r} is not a folder in {spec.dataset}")
+    if spec.map_store is not None:
+        map_store = resolve_dataset(spec.map_store, data_root, "map_store")
+        if not (map_store / "index.json").exists():
+            raise InvalidField("map_store", f"map_store {spec.map_store!r} has no index.json: "
+                                            "export one with lfi maps --export")
     if spec.init != "scratch" and (spec.init.startswith("/") or ".." in Path(spec.init).parts):
-        init = resolve_dataset(spec.init, data_root)  # a local pretrained folder must be under the data root too
+        init = resolve_dataset(spec.init, data_root, "init")  # a local pretrained folder must be under the root too
         if not (init / "config.json").exists():
-            raise InvalidRequest(f"init {spec.init!r} has no config.json: not a saved ViT")
+            raise InvalidField("init", f"init {spec.init!r} has no config.json: not a saved ViT")
     return path
 
 

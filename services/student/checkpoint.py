@@ -9,7 +9,6 @@ checkpoint in charge.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -59,6 +58,3 @@ def load_checkpoint(folder: Path, model: torch.nn.Module) -> dict[str, Any]:
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return torch.load(folder / "trainer_state.pt", weights_only=True)
 
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

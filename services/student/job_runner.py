@@ -12,14 +12,19 @@ import logging
 import os
 import socket
 import threading
-import time
 import traceback
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import NotFound
 from shared.jobs import JobSpec, JobStatus, JobStore, check_spec, resolve_dataset
 from shared.settings import Settings
+
+if TYPE_CHECKING:  # torch-side types; the worker's parent process never imports them
+    from services.student.maps import MapSource
+    from services.student.trainer import TrainConfig, Trainer
 
 log = logging.getLogger("lfi.student.jobs")
 MAX_STARTS = 5
@@ -66,7 +71,8 @@ def run_job(job_id: str, store: JobStore, settings: Settings, worker: str | None
     except NotFound:
         log.error("job %s: no record; dropping the message", job_id)
         return "unknown"
-    if JobStatus(record["status"]).terminal:
+    if JobStatus(record["status"]).terminal:  # e.g. cancelled while queued: its message is dropped here
+        log.info("job %s is %s already; delivery dropped", job_id, record["status"])
         return "finished-already"
     if store.cancel_requested(job_id):
         store.set_status(job_id, JobStatus.cancelled, reason="cancelled before it started")
@@ -101,70 +107,18 @@ def run_job(job_id: str, store: JobStore, settings: Settings, worker: str | None
 def _train(job_id: str, record: dict[str, Any], store: JobStore, settings: Settings, lease: LeaseKeeper) -> str:
     # torch is imported here, in the process that trains, never in the worker's parent process
     from services.student.data import discover
-    from services.student.maps import Stopped, StoreMaps, TeacherMaps
+    from services.student.maps import Stopped
     from services.student.trainer import TrainConfig, Trainer
-    from shared.teacher_client import TeacherClient
 
     spec = JobSpec.model_validate(record["spec"])
     dataset = check_spec(spec, settings.data_root)
+    config = TrainConfig.from_spec(spec, init=_resolve_init(spec.init, settings))
+    should_stop = partial(_should_stop, store, job_id, lease)
+    map_source = _map_source(config, store, job_id, settings, should_stop) if config.aligned else None
     run_dir = Path(settings.runs_root) / job_id
-    config = TrainConfig(model=spec.model, student=spec.student, ablation=spec.ablation,
-                         init=_resolve_init(spec.init, settings), epochs=spec.epochs, batch_size=spec.batch_size,
-                         lr=spec.lr, seed=spec.seed, align_layers=spec.align_layers, align_weight=spec.align_weight,
-                         checkpoint_every=spec.checkpoint_every)
-    data = discover(dataset, spec.eval_domains)
-    cancelled = lambda: store.cancel_requested(job_id)  # noqa: E731
-
-    def should_stop() -> bool:
-        if lease.lost.is_set() or cancelled():
-            return True
-        if store.lease_holder(job_id) != lease.worker:  # fencing: a stalled worker notices before its next tick
-            lease.lost.set()
-            return True
-        return False
-
-
-    def on_wait(reason: str | None) -> None:
-        if reason is None:
-            store.set_status(job_id, JobStatus.running)
-        else:
-            store.set_status(job_id, JobStatus.waiting_teacher, reason=reason)
-
-    map_source = None
-    if config.aligned and spec.map_store is not None:
-        map_source = StoreMaps(resolve_dataset(spec.map_store, settings.data_root))
-    elif config.aligned:
-        client = TeacherClient(settings.teacher_url, settings.teacher_key, max_retries=2)
-        map_source = TeacherMaps(client, prompt=spec.prompt, cache_dir=Path(settings.runs_root) / "map-cache",
-                                 on_wait=on_wait, should_stop=should_stop)
-    reported = int(store.get(job_id).get("epochs_reported", 0))
-    last_step_event = [0.0]
-
-    def progress(event: dict[str, Any]) -> None:
-        nonlocal reported
-        kind = event["type"]
-        if kind == "step":
-            fraction = event["global_step"] / max(1, event["total_steps"])
-            store.update(job_id, progress=round(fraction, 5), global_step=event["global_step"], epoch=event["epoch"])
-            store.event(job_id, event)
-            last_step_event[0] = time.monotonic()
-        elif kind == "epoch":
-            if event["epoch"] > reported:  # counted once, even across a resume
-                store.event(job_id, event)
-                reported = event["epoch"]
-                store.update(job_id, epochs_reported=reported, metrics=event)
-        elif kind == "checkpoint":
-            store.update(job_id, last_checkpoint={k: event[k] for k in ("global_step", "epoch", "step_in_epoch")})
-            store.event(job_id, event)
-        elif kind == "resumed":
-            store.event(job_id, event)
-            # epochs finished before the crash but not announced yet are announced now
-            for past in trainer.history:
-                progress({"type": "epoch", **past})
-        else:
-            store.event(job_id, event)
-
-    trainer = Trainer(config, data, run_dir, map_source=map_source, progress=progress, should_stop=should_stop)
+    trainer = Trainer(config, discover(dataset, spec.eval_domains), run_dir, map_source=map_source,
+                      should_stop=should_stop)
+    trainer.progress = JobProgress(store, job_id, trainer)
     store.update(job_id, run_dir=str(run_dir), total_steps=trainer.total_steps)
     try:
         result = trainer.run()
@@ -173,12 +127,81 @@ def _train(job_id: str, record: dict[str, Any], store: JobStore, settings: Setti
     if result is not None and result.status == "completed":
         store.set_status(job_id, JobStatus.succeeded, metrics=result.final, progress=1.0)
         return "succeeded"
-    if cancelled():
+    if store.cancel_requested(job_id):
         store.set_status(job_id, JobStatus.cancelled, reason="cancelled while running")
         return "cancelled"
     if lease.lost.is_set():
         return "lease-lost"  # another worker owns the job now; it resumes from the checkpoint
     return "stopped"
+
+
+def _should_stop(store: JobStore, job_id: str, lease: LeaseKeeper) -> bool:
+    """Checked at every step and while waiting for the teacher: cancelled, or no longer this worker's job."""
+    if lease.lost.is_set() or store.cancel_requested(job_id):
+        return True
+    if store.lease_holder(job_id) != lease.worker:  # fencing: a stalled worker notices before its next tick
+        lease.lost.set()
+        return True
+    return False
+
+
+def _map_source(config: TrainConfig, store: JobStore, job_id: str, settings: Settings,
+                should_stop: Callable[[], bool]) -> MapSource:
+    """An exported map store when the spec names one, else the teacher (waiting, and saying so, while it is down)."""
+    from services.student.maps import StoreMaps, TeacherMaps
+    from shared.teacher_client import TeacherClient
+
+    spec = config.spec
+    if spec.map_store is not None:
+        return StoreMaps(resolve_dataset(spec.map_store, settings.data_root))
+
+    def on_wait(reason: str | None) -> None:
+        if reason is None:
+            store.set_status(job_id, JobStatus.running)
+        else:
+            store.set_status(job_id, JobStatus.waiting_teacher, reason=reason)
+
+    client = TeacherClient(settings.teacher_url, settings.teacher_key, max_retries=2)
+    return TeacherMaps(client, prompt=spec.prompt, cache_dir=Path(settings.runs_root) / "map-cache",
+                       on_wait=on_wait, should_stop=should_stop)
+
+
+class JobProgress:
+    """The trainer's events, written to the job's record and event stream.
+
+    Each epoch is announced once, even across a resume: the record keeps `epochs_reported`, and a
+    resumed run announces the finished epochs of its checkpoint that the dead worker had not.
+    """
+
+    def __init__(self, store: JobStore, job_id: str, trainer: Trainer) -> None:
+        self.store, self.job_id, self.trainer = store, job_id, trainer
+        self.reported = int(store.get(job_id).get("epochs_reported", 0))
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "step":
+            fraction = event["global_step"] / max(1, event["total_steps"])
+            self.store.update(self.job_id, progress=round(fraction, 5), global_step=event["global_step"],
+                              epoch=event["epoch"])
+            self.store.event(self.job_id, event)
+        elif kind == "epoch":
+            self._epoch(event)
+        elif kind == "checkpoint":
+            self.store.update(self.job_id, last_checkpoint={k: event[k] for k in ("global_step", "epoch",
+                                                                                  "step_in_epoch")})
+            self.store.event(self.job_id, event)
+        elif kind == "resumed":
+            self.store.event(self.job_id, event)
+            for past in self.trainer.history:  # the resumed checkpoint's epochs, announced once
+                self._epoch({"type": "epoch", **past})
+        else:
+            self.store.event(self.job_id, event)
+
+    def _epoch(self, event: dict[str, Any]) -> None:
+        if event["epoch"] > self.reported:
+            self.store.event(self.job_id, event)
+            self.reported = event["epoch"]
+            self.store.update(self.job_id, epochs_reported=self.reported, metrics=event)
 
 
 def _resolve_init(init: str, settings: Settings) -> str:
@@ -188,7 +211,7 @@ def _resolve_init(init: str, settings: Settings) -> str:
     return str(local) if local.is_dir() else init  # a folder under the data root, or a hub id
 
 
-def reclaim_orphans(store: JobStore, settings: Settings, send: callable) -> list[str]:
+def reclaim_orphans(store: JobStore, settings: Settings, send: Callable[[str], object]) -> list[str]:
     """Queue again every job whose worker died (lease lapsed). Called every few seconds by each worker."""
     requeued = []
     for job_id in store.orphans():

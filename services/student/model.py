@@ -11,14 +11,16 @@ keeps the original `q_proj/k_proj/v_proj/o_proj` (so `ViTModel` and
   layer's own output projection.
 
 The same class is the plain ViT baseline (mode "off") and the paper's Table 3
-ablations; see `MODES`. Each layer hands the trainer the attention rows that the
-alignment loss compares with C_VLM (`alignment_log_probs`).
+ablations; see `MODES` in model_config.py. Each layer reports what the trainer needs (the
+attention rows the alignment loss compares with C_VLM, the mean gates) as a `LayerInteraction`,
+added to the per-call `InteractionCollector` that `forward_interactions` passes down through the
+ViT's layers (the way transformers passes attention kwargs). Nothing is parked on the modules, so
+a model can run several forwards at once (threads, torch.compile, DDP).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -26,42 +28,30 @@ from torch.nn import functional as F
 from transformers import ViTConfig, ViTForImageClassification
 from transformers.models.vit.modeling_vit import ViTAttention
 
-InteractionMode = Literal["off", "full", "no-constraint", "constraint-on-original", "no-gate"]
-AlignRows = Literal["cls", "mean"]
-
-# mode -> (has interaction queries, has the gate, which attention the alignment loss constrains)
-MODES: dict[str, tuple[bool, bool, str | None]] = {
-    "off": (False, False, None),  # the plain ViT baseline
-    "full": (True, True, "agt"),  # I-ViT
-    "no-constraint": (True, True, None),  # Table 3: extra queries, no alignment loss
-    "constraint-on-original": (False, False, "vfm"),  # Table 3: align the layer's own queries
-    "no-gate": (True, False, "agt"),  # Table 3: C_F = (C_AGT + C_VFM) / 2
-}
-ABLATION_MODES = {"none": "full", "no-constraint": "no-constraint",
-                  "constraint-on-original": "constraint-on-original", "no-gate": "no-gate"}
-
-# Geometries: (image_size, patch_size, hidden, layers, heads, mlp). vit-tiny is the CPU/test size.
-MODEL_SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
-    "vit-tiny": (64, 8, 96, 4, 3, 384),
-    "vit-s16": (224, 16, 384, 12, 6, 1536),
-    "vit-b16": (224, 16, 768, 12, 12, 3072),
-    "vit-l16": (224, 16, 1024, 24, 16, 4096),
-}
+from services.student.model_config import MODES, AlignRows, InteractionSettings, ModeName, student_config
+from shared.student_names import ModelName
 
 
-@dataclass(frozen=True)
-class InteractionSettings:
-    mode: InteractionMode = "full"
-    gate_hidden: int = 64  # width of the gate FFN: ~25k params per layer at S/16 (paper: 22M -> 24M in all)
-    align_rows: AlignRows = "cls"  # which C_AGT rows meet C_VLM; see docs/method.md
+@dataclass
+class LayerInteraction:
+    """What one InteractionAttention reports from one forward, besides its output."""
 
-    @classmethod
-    def from_config(cls, config: ViTConfig) -> InteractionSettings:
-        raw = getattr(config, "interaction", None) or {}
-        return cls(**raw)
+    alignment: torch.Tensor | None = None  # (B, H, P) log-probabilities over patches of the constrained attention
+    gates: torch.Tensor | None = None  # mean [g1, g2] of this forward; None without a gate
+    cls_rows: dict[str, torch.Tensor] = field(default_factory=dict)  # "vfm"/"agt": CLS row, head mean (pictures)
 
-    def to_dict(self) -> dict:
-        return {"mode": self.mode, "gate_hidden": self.gate_hidden, "align_rows": self.align_rows}
+
+@dataclass
+class InteractionCollector:
+    """One forward's options and the reports of its layers, passed down to every layer as `interactions=`.
+
+    It lives as long as one call: under threads, torch.compile or DDP no forward sees another's results.
+    `ViTLayer` keeps only the hidden states of its attention, so each layer adds its report here.
+    """
+
+    explicit: bool = False  # the literal equations with explicit N×N matrices (the reference path)
+    cls_rows: bool = False  # also report the CLS rows of C_VFM and C_AGT (paper Fig. 5)
+    layers: list[LayerInteraction] = field(default_factory=list)
 
 
 class InteractionGate(nn.Module):
@@ -83,59 +73,65 @@ class InteractionGate(nn.Module):
 class InteractionAttention(ViTAttention):
     def __init__(self, config: ViTConfig, settings: InteractionSettings) -> None:
         super().__init__(config)
-        has_queries, has_gate, self.constrained = MODES[settings.mode]
-        self.mode = settings.mode
+        mode = MODES[settings.mode]
+        self.constrained = mode.constrained
         self.align_rows = settings.align_rows
         self.interaction_enabled = settings.mode != "off"
         inner = config.num_attention_heads * self.head_dim
-        self.interaction_q_proj = nn.Linear(config.hidden_size, inner, bias=config.qkv_bias) if has_queries else None
+        self.interaction_q_proj = (nn.Linear(config.hidden_size, inner, bias=config.qkv_bias)
+                                   if mode.has_queries else None)
         num_keys = (config.image_size // config.patch_size) ** 2 + 1
-        self.gate = InteractionGate(num_keys, settings.gate_hidden) if has_gate else None
+        self.gate = InteractionGate(num_keys, settings.gate_hidden) if mode.has_gate else None
         self.num_keys = num_keys
-        self.explicit = False  # True: the literal equations with explicit N×N matrices (the reference path)
-        self.record_rows = False  # True: keep the CLS rows of C_AGT and C_VFM (head mean) for pictures
-        self.recorded_rows: dict[str, torch.Tensor] = {}
-        # Filled by each forward; read by the model right after (see IViTForImageClassification).
-        self.alignment_log_probs: torch.Tensor | None = None
-        self.gate_mean: torch.Tensor | None = None
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        self.alignment_log_probs = None
-        self.gate_mean = None
-        if self.record_rows:
-            self._record_cls_rows(hidden_states, attention_mask)
-        if not self.interaction_enabled:
-            return super().forward(hidden_states, attention_mask, **kwargs)
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                interactions: InteractionCollector | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output, attention weights) as `ViTAttention` returns them; this layer's report goes to `interactions`."""
+        call = interactions or InteractionCollector()
+        report = LayerInteraction()
+        if call.cls_rows:
+            report.cls_rows = self._cls_rows(hidden_states, attention_mask)
+        if self.interaction_enabled:
+            output, report.alignment, report.gates = self._interact(hidden_states, attention_mask, call.explicit)
+            result = output, None
+        else:
+            result = super().forward(hidden_states, attention_mask, **kwargs)
+        if interactions is not None:
+            interactions.layers.append(report)
+        return result
+
+    def _heads(self, projection: nn.Linear, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = hidden_states.shape
+        return projection(hidden_states).view(batch, tokens, -1, self.head_dim).transpose(1, 2)
+
+    def _interact(self, hidden_states: torch.Tensor, mask: torch.Tensor | None,
+                  explicit: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The layer's output, the constrained attention's log-probabilities and the mean gates."""
         batch, tokens, _ = hidden_states.shape
         if tokens != self.num_keys:
             raise ValueError(f"I-ViT was built for {self.num_keys} tokens (image_size/patch_size), got {tokens}; "
                              "resize the images to the model's image_size")
-        shape = (batch, tokens, -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        query, key, value = (self._heads(p, hidden_states) for p in (self.q_proj, self.k_proj, self.v_proj))
         agt_query = None
         if self.interaction_q_proj is not None:
-            agt_query = self.interaction_q_proj(hidden_states).view(shape).transpose(1, 2)
-        if self.explicit or self.align_rows != "cls":
-            output = self._explicit(query, key, value, agt_query, attention_mask)
-        else:
-            output = self._fused(query, key, value, agt_query, attention_mask)
-        return self.o_proj(output.transpose(1, 2).reshape(batch, tokens, -1)), None
+            agt_query = self._heads(self.interaction_q_proj, hidden_states)
+        attend = self._explicit if explicit or self.align_rows != "cls" else self._fused
+        output, alignment, gates = attend(query, key, value, agt_query, mask)
+        return self.o_proj(output.transpose(1, 2).reshape(batch, tokens, -1)), alignment, gates
 
     @torch.no_grad()
-    def _record_cls_rows(self, hidden_states: torch.Tensor, mask) -> None:
+    def _cls_rows(self, hidden_states: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Where the CLS token looks, over the patches, per image: C_VFM and (if present) C_AGT (paper Fig. 5)."""
-        batch, tokens, _ = hidden_states.shape
-        shape = (batch, tokens, -1, self.head_dim)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-        self.recorded_rows = {"vfm": _cls_log_probs(query, key, self.scaling, mask).exp().mean(dim=1)}
+        key = self._heads(self.k_proj, hidden_states)
+        query = self._heads(self.q_proj, hidden_states)
+        rows = {"vfm": _cls_log_probs(query, key, self.scaling, mask).exp().mean(dim=1)}
         if self.interaction_q_proj is not None and self.interaction_enabled:
-            agt_query = self.interaction_q_proj(hidden_states).view(shape).transpose(1, 2)
-            self.recorded_rows["agt"] = _cls_log_probs(agt_query, key, self.scaling, mask).exp().mean(dim=1)
+            agt_query = self._heads(self.interaction_q_proj, hidden_states)
+            rows["agt"] = _cls_log_probs(agt_query, key, self.scaling, mask).exp().mean(dim=1)
+        return rows
 
-    def _fused(self, query, key, value, agt_query, mask) -> torch.Tensor:
+    def _fused(self, query, key, value, agt_query, mask) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                  torch.Tensor | None]:
         """C_F·V without building any N×N matrix here (whether SDPA's kernel avoids them is PyTorch's choice).
 
         The gate's first layer is linear in the attention rows, C_AGT·W_a + C_VFM·W_v, which is
@@ -147,14 +143,13 @@ class InteractionAttention(ViTAttention):
         dropout = self.attention_dropout if self.training else 0.0
         sdpa = F.scaled_dot_product_attention
         if agt_query is None:  # constraint on the original queries: plain attention
-            self.alignment_log_probs = _cls_log_probs(query, key, self.scaling, mask)
-            return sdpa(query, key, value, attn_mask=mask, dropout_p=dropout, scale=self.scaling)
-        if self.constrained is not None:
-            self.alignment_log_probs = _cls_log_probs(agt_query, key, self.scaling, mask)
+            alignment = _cls_log_probs(query, key, self.scaling, mask)
+            return sdpa(query, key, value, attn_mask=mask, dropout_p=dropout, scale=self.scaling), alignment, None
+        alignment = _cls_log_probs(agt_query, key, self.scaling, mask) if self.constrained is not None else None
         if self.gate is None:
             agt_out = sdpa(agt_query, key, value, attn_mask=mask, dropout_p=dropout, scale=self.scaling)
             vfm_out = sdpa(query, key, value, attn_mask=mask, dropout_p=dropout, scale=self.scaling)
-            return 0.5 * (agt_out + vfm_out)
+            return 0.5 * (agt_out + vfm_out), alignment, None
         d = value.shape[-1]
         extra_a = self.gate.from_agt.weight.t().to(value.dtype).expand(*value.shape[:2], -1, -1)
         extra_v = self.gate.from_vfm.weight.t().to(value.dtype).expand(*value.shape[:2], -1, -1)
@@ -164,17 +159,18 @@ class InteractionAttention(ViTAttention):
                        scale=self.scaling)
         hidden = agt_out[..., d:] + vfm_out[..., d:] + self.gate.from_agt.bias
         gates = torch.sigmoid(self.gate.out(F.gelu(hidden)))  # (B, H, N, 2)
-        self.gate_mean = gates.detach().float().mean(dim=(0, 1, 2))
-        return gates[..., :1] * agt_out[..., :d] + gates[..., 1:] * vfm_out[..., :d]
+        output = gates[..., :1] * agt_out[..., :d] + gates[..., 1:] * vfm_out[..., :d]
+        return output, alignment, gates.detach().float().mean(dim=(0, 1, 2))
 
-    def _explicit(self, query, key, value, agt_query, mask) -> torch.Tensor:
+    def _explicit(self, query, key, value, agt_query, mask) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                     torch.Tensor | None]:
         """The paper's equations as written: materialise C_VFM, C_AGT and C_F (reference; `mean` rows)."""
         key_t = key.transpose(2, 3)
         vfm_logits = torch.matmul(query, key_t) * self.scaling
         if mask is not None:
             vfm_logits = vfm_logits + mask
         vfm = vfm_logits.softmax(dim=-1)
-        constrained_logits = vfm_logits
+        constrained_logits, fused, gate_mean = vfm_logits, vfm, None
         if agt_query is not None:
             agt_logits = torch.matmul(agt_query, key_t) * self.scaling
             if mask is not None:
@@ -184,16 +180,15 @@ class InteractionAttention(ViTAttention):
             if self.gate is not None:
                 gates = self.gate(agt, vfm)  # (B, H, N, 2)
                 fused = gates[..., :1] * agt + gates[..., 1:] * vfm
-                self.gate_mean = gates.detach().float().mean(dim=(0, 1, 2))
+                gate_mean = gates.detach().float().mean(dim=(0, 1, 2))
             else:
                 fused = 0.5 * (agt + vfm)
-        else:
-            fused = vfm
+        alignment = None
         if self.constrained is not None:
-            self.alignment_log_probs = _image_log_probs(constrained_logits, self.align_rows)
+            alignment = _image_log_probs(constrained_logits, self.align_rows)
         if self.training and self.attention_dropout > 0:
             fused = F.dropout(fused, p=self.attention_dropout)
-        return torch.matmul(fused, value)
+        return torch.matmul(fused, value), alignment, gate_mean
 
 
 def _cls_log_probs(query, key, scaling: float, mask) -> torch.Tensor:
@@ -221,6 +216,7 @@ class IViTOutput:
     logits: torch.Tensor
     alignment: list[torch.Tensor]  # per constrained layer: (B, H, P) log-probabilities over patches
     gates: list[torch.Tensor | None]  # per layer: mean [g1, g2] of this forward, or None
+    cls_rows: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per layer, when asked: see _cls_rows
 
 
 class IViTForImageClassification(ViTForImageClassification):
@@ -258,25 +254,17 @@ class IViTForImageClassification(ViTForImageClassification):
         for attention in self.interaction_layers:
             attention.interaction_enabled = enabled and mode != "off"
 
-    def forward_interactions(self, pixel_values: torch.Tensor) -> IViTOutput:
-        logits = self(pixel_values=pixel_values).logits
-        layers = self.interaction_layers
-        alignment = [a.alignment_log_probs for a in layers if a.alignment_log_probs is not None]
-        return IViTOutput(logits=logits, alignment=alignment, gates=[a.gate_mean for a in layers])
+    def forward_interactions(self, pixel_values: torch.Tensor, *, explicit: bool = False,
+                             cls_rows: bool = False) -> IViTOutput:
+        """The logits and every layer's report from one forward (see `InteractionCollector` for the options)."""
+        collector = InteractionCollector(explicit=explicit, cls_rows=cls_rows)
+        logits = self(pixel_values=pixel_values, interactions=collector).logits
+        reports = collector.layers
+        return IViTOutput(logits=logits, alignment=[r.alignment for r in reports if r.alignment is not None],
+                          gates=[r.gates for r in reports], cls_rows=[r.cls_rows for r in reports] if cls_rows else [])
 
 
-def student_config(size: str, num_labels: int, mode: InteractionMode, **settings) -> ViTConfig:
-    if size not in MODEL_SIZES:
-        raise ValueError(f"unknown model {size!r}; choose one of {sorted(MODEL_SIZES)}")
-    image, patch, hidden, layers, heads, mlp = MODEL_SIZES[size]
-    config = ViTConfig(image_size=image, patch_size=patch, hidden_size=hidden, num_hidden_layers=layers,
-                       num_attention_heads=heads, intermediate_size=mlp, num_labels=num_labels,
-                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    config.interaction = InteractionSettings(mode=mode, **settings).to_dict()
-    return config
-
-
-def build_student(size: str, num_labels: int, mode: InteractionMode, *, init: str = "scratch",
+def build_student(size: ModelName, num_labels: int, mode: ModeName, *, init: str = "scratch",
                   **settings) -> IViTForImageClassification:
     """From scratch at a named geometry, or from a pretrained ViT (hub id or folder) with a new head."""
     if init == "scratch":
@@ -300,9 +288,9 @@ def freeze_original(model: IViTForImageClassification) -> list[str]:
     With the constraint on the original queries (no new parameters to constrain), the query
     projections train too, or the constraint could not move anything. Returns the trainable names.
     """
-    mode = InteractionSettings.from_config(model.config).mode
+    mode = MODES[InteractionSettings.from_config(model.config).mode]
     trainable = [*INTERACTION_PARAMS, "classifier."]
-    if mode == "constraint-on-original":
+    if mode.constrained == "vfm":
         trainable.append(".q_proj.")
     names = []
     for name, param in model.named_parameters():

@@ -2,6 +2,8 @@
 
 Start a worker with `lfi worker`. The parent process never imports torch; each job runs in a
 fresh forked child (worker_max_tasks_per_child=1), which initialises CUDA for itself.
+Importing this module reads no settings: the app is configured when it is first used (the worker
+starting, or `celery -A services.student.tasks inspect`), and the task reads them when it runs.
 """
 
 from __future__ import annotations
@@ -9,20 +11,27 @@ from __future__ import annotations
 import logging
 import threading
 
+from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from services.student.job_runner import reclaim_orphans, run_job
-from shared.celery_config import TRAIN_TASK, make_celery
+from shared.celery_config import TRAIN_TASK, celery_conf
 from shared.jobs import JobStore
 from shared.settings import get_settings
 
 log = logging.getLogger("lfi.student.tasks")
-settings = get_settings()
-app = make_celery(settings)
+app = Celery("lfi")
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: object) -> None:
+    """The shared Celery configuration, from the settings of the moment the app is first used."""
+    sender.conf.update(celery_conf(get_settings()))
 
 
 @app.task(name=TRAIN_TASK)
 def train(job_id: str) -> str:
+    settings = get_settings()
     return run_job(job_id, JobStore.from_url(settings.redis_url), settings)
 
 
@@ -30,6 +39,7 @@ _stop_reclaimer = threading.Event()
 
 
 def _reclaim_loop() -> None:
+    settings = get_settings()
     store = JobStore.from_url(settings.redis_url)
     while not _stop_reclaimer.wait(settings.job_reclaim_interval_s):
         try:

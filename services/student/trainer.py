@@ -17,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,43 +30,55 @@ from services.student.checkpoint import latest_checkpoint, load_checkpoint, save
 from services.student.data import DatasetSplits, ImageSet
 from services.student.loader import MEAN, STD, BatchBuilder, Prefetcher
 from services.student.maps import MapSource
-from services.student.model import ABLATION_MODES, MODES, IViTForImageClassification, build_student, freeze_original
+from services.student.model import IViTForImageClassification, build_student, freeze_original
+from services.student.model_config import MODES, AlignRows, ModeName, interaction_mode
+from shared.jobs import JobSpec
 
 log = logging.getLogger("lfi.student.trainer")
 Event = dict[str, Any]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    model: str = "vit-tiny"
-    student: Literal["vit", "ivit"] = "ivit"
-    ablation: str = "none"
-    init: str = "scratch"
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 5e-4
+    """A job spec (model, student, ablation, init, epochs, batch_size, lr, seed, align_layers, align_weight,
+    checkpoint_every: their defaults live in `JobSpec` only) plus the trainer's own settings, which a job
+    cannot set. Build it with `from_spec`."""
+
+    spec: JobSpec
     weight_decay: float = 0.05
     warmup_steps: int | None = None  # default: 5% of all steps
     grad_clip: float = 1.0
-    align_weight: float = 1.0
-    align_layers: list[int] | None = None  # student layers whose attention is aligned (default: all)
-    align_rows: Literal["cls", "mean"] = "cls"
+    align_rows: AlignRows = "cls"
     align_heads: Literal["mean", "each"] = "mean"
     kl_direction: Literal["target-first", "model-first"] = "target-first"
     kl_smoothing: float = 0.0
     augment: bool = True
-    seed: int = 0
-    checkpoint_every: int = 50
+    step_checkpoints: bool = True  # False: checkpoints at epoch ends only (short test and benchmark runs)
     max_steps: int | None = None  # stop early (tests, benchmarks)
     device: str = "auto"
 
+    @classmethod
+    def from_spec(cls, spec: JobSpec, **overrides: Any) -> TrainConfig:
+        """The one way from a job spec to a training config. An override may name a spec field (validated as
+        the spec is: a benchmark variant such as `ablation="no-gate"`) or one of the trainer's own."""
+        spec_fields = {name: value for name, value in overrides.items() if name in JobSpec.model_fields}
+        if spec_fields:
+            spec = JobSpec.model_validate({**spec.model_dump(), **spec_fields})
+        own = {name: value for name, value in overrides.items() if name not in spec_fields}
+        return cls(spec=spec, **own)
+
     @property
-    def mode(self) -> str:
-        return "off" if self.student == "vit" else ABLATION_MODES[self.ablation]
+    def mode(self) -> ModeName:
+        return interaction_mode(self.spec.student, self.spec.ablation)
 
     @property
     def aligned(self) -> bool:
-        return MODES[self.mode][2] is not None
+        return MODES[self.mode].aligned
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values only: it is saved in checkpoints, which are loaded with `weights_only=True`."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"}
+        return {**self.spec.model_dump(mode="json"), **own}
 
 
 @dataclass
@@ -103,29 +115,30 @@ class Trainer:
         self.progress = progress or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = pick_device(config.device)
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
+        spec = config.spec
+        torch.manual_seed(spec.seed)
+        random.seed(spec.seed)
+        np.random.seed(spec.seed)
         self.model: IViTForImageClassification = build_student(
-            config.model, len(data.classes), config.mode, init=config.init, align_rows=config.align_rows)
-        if config.init != "scratch":
+            spec.model, len(data.classes), config.mode, init=spec.init, align_rows=config.align_rows)
+        if spec.init != "scratch":
             freeze_original(self.model)
         layers = self.model.config.num_hidden_layers
-        if config.align_layers and max(config.align_layers) >= layers:
-            raise ValueError(f"align_layers {config.align_layers} out of range: {config.model} has {layers} layers")
+        if spec.align_layers and max(spec.align_layers) >= layers:
+            raise ValueError(f"align_layers {spec.align_layers} out of range: {spec.model} has {layers} layers")
         self.model.to(self.device)
         size = self.model.config.image_size
         grid = (size // self.model.config.patch_size,) * 2
         if config.aligned and map_source is None:
-            raise ValueError(f"{config.student}/{config.ablation} aligns with the teacher: give it a map source")
-        self.train_batches = BatchBuilder(data.train, image_size=size, grid=grid, batch_size=config.batch_size,
-                                          seed=config.seed, augment=config.augment,
+            raise ValueError(f"{spec.student}/{spec.ablation} aligns with the teacher: give it a map source")
+        self.train_batches = BatchBuilder(data.train, image_size=size, grid=grid, batch_size=spec.batch_size,
+                                          seed=spec.seed, augment=config.augment,
                                           map_source=map_source if config.aligned else None,
                                           label_word=data.label_word)
         self.steps_per_epoch = len(self.train_batches)
-        self.total_steps = config.epochs * self.steps_per_epoch
+        self.total_steps = spec.epochs * self.steps_per_epoch
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=config.weight_decay)
         warmup = config.warmup_steps if config.warmup_steps is not None else max(1, self.total_steps // 20)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup, self.total_steps))
         self.global_step = 0
@@ -138,7 +151,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "global_step": self.global_step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "history": self.history, "epoch_sums": self._epoch_sums, "config": asdict(self.config)}
+                "history": self.history, "epoch_sums": self._epoch_sums, "config": self.config.as_dict()}
 
     def checkpoint(self) -> Path:
         folder = save_checkpoint(self.run_dir, self.global_step, self.model, self._state())
@@ -168,6 +181,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def train_step(self, batch) -> dict[str, float]:
+        config, spec = self.config, self.config.spec
         self.model.train()
         pixels = batch.pixel_values.to(self.device, non_blocking=True)
         labels = batch.labels.to(self.device, non_blocking=True)
@@ -175,17 +189,17 @@ class Trainer:
             out = self.model.forward_interactions(pixels)
             task = F.cross_entropy(out.logits.float(), labels)
             align = torch.zeros((), device=self.device)
-            if self.config.aligned and batch.maps is not None:
-                rows = out.alignment if not self.config.align_layers else \
-                    [out.alignment[i] for i in sorted(set(self.config.align_layers))]
+            if config.aligned and batch.maps is not None:
+                rows = out.alignment if not spec.align_layers else \
+                    [out.alignment[i] for i in sorted(set(spec.align_layers))]
                 align = alignment_loss(rows, batch.maps.to(self.device), batch.map_valid.to(self.device),
-                                       direction=self.config.kl_direction, heads=self.config.align_heads,
-                                       smoothing=self.config.kl_smoothing)
-            loss = task + self.config.align_weight * align
+                                       direction=config.kl_direction, heads=config.align_heads,
+                                       smoothing=config.kl_smoothing)
+            loss = task + spec.align_weight * align
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         correct = (out.logits.argmax(dim=-1) == labels).sum().item()
@@ -223,15 +237,9 @@ class Trainer:
         batch = builder.build(0, 0) if len(subset) else None
         if batch is None or not len(batch.labels):
             return {"grid": list(grid), "samples": []}
-        layers = self.model.interaction_layers
         self.model.eval()
-        for layer in layers:
-            layer.record_rows = True
-        try:
-            logits = self.model(pixel_values=batch.pixel_values.to(self.device)).logits
-        finally:
-            for layer in layers:
-                layer.record_rows = False
+        out = self.model.forward_interactions(batch.pixel_values.to(self.device), cls_rows=True)
+        logits, rows = out.logits, out.cls_rows
         pixels = ((batch.pixel_values * STD + MEAN).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
         samples = []
         for i in range(len(batch.labels)):
@@ -241,9 +249,9 @@ class Trainer:
                 "predicted": self.data.classes[int(logits[i].argmax())],
                 "image": _png_base64(pixels[i]),
                 "vlm": [round(v, 5) for v in batch.maps[i].tolist()] if has_map else None,
-                "vfm": [[round(v, 5) for v in layer.recorded_rows["vfm"][i].tolist()] for layer in layers],
-                "agt": [[round(v, 5) for v in layer.recorded_rows["agt"][i].tolist()] for layer in layers]
-                if all("agt" in layer.recorded_rows for layer in layers) else None,
+                "vfm": [[round(v, 5) for v in layer["vfm"][i].tolist()] for layer in rows],
+                "agt": [[round(v, 5) for v in layer["agt"][i].tolist()] for layer in rows]
+                if all("agt" in layer for layer in rows) else None,
             })
         return {"epoch": self.epoch, "grid": list(grid), "samples": samples}
 
@@ -296,49 +304,60 @@ class Trainer:
 
     def run(self) -> TrainResult:
         self.resume()
-        config = self.config
-        while self.epoch < config.epochs:
-            prefetch = Prefetcher(self.train_batches, self.epoch, self.step_in_epoch)
-            try:
-                last = time.perf_counter()
-                for batch, waited in prefetch:
-                    if self.should_stop():
-                        return TrainResult("stopped", self.global_step, self.history)
-                    if config.max_steps is not None and self.global_step >= config.max_steps:
-                        return TrainResult("stopped", self.global_step, self.history)
-                    if not len(batch.labels):
-                        self.step_in_epoch += 1
-                        continue
-                    step = self.train_step(batch)
-                    now = time.perf_counter()
-                    seconds, last = now - last, now
-                    self.global_step += 1
-                    self.step_in_epoch += 1
-                    self._accumulate(step, waited, seconds)
-                    self.progress({"type": "step", "epoch": self.epoch + 1, "step": self.step_in_epoch,
-                                   "steps_per_epoch": self.steps_per_epoch, "global_step": self.global_step,
-                                   "total_steps": self.total_steps, "task_loss": step["task_loss"],
-                                   "align_loss": step["align_loss"], "lr": self.scheduler.get_last_lr()[0],
-                                   "images_per_s": step["seen"] / max(seconds, 1e-9), "map_wait_s": waited,
-                                   "skipped": batch.skipped})
-                    if config.checkpoint_every and self.global_step % config.checkpoint_every == 0 \
-                            and self.step_in_epoch < self.steps_per_epoch:
-                        self.checkpoint()
-            finally:
-                prefetch.close()
-            record = self._finish_epoch()
-            self.history.append(record)
-            self.epoch += 1
-            self.step_in_epoch = 0
-            self._epoch_sums = {}
-            # the epoch is in the checkpoint before it is announced: a resume never counts it twice
-            self.checkpoint()
-            self.progress({"type": "epoch", **record})
-            samples = self._write_samples()
-            if samples is not None:
-                self.progress({"type": "samples", "epoch": self.epoch, "path": str(samples)})
+        while self.epoch < self.config.spec.epochs:
+            if not self._train_epoch():
+                return TrainResult("stopped", self.global_step, self.history)
+            self._end_epoch()
         final = dict(self.history[-1]) if self.history else {}
         return TrainResult("completed", self.global_step, self.history, final)
+
+    def _train_epoch(self) -> bool:
+        """The rest of the current epoch; False when told to stop (cancel, lost lease) or at `max_steps`."""
+        max_steps = self.config.max_steps
+        prefetch = Prefetcher(self.train_batches, self.epoch, self.step_in_epoch)
+        try:
+            last = time.perf_counter()
+            for batch, waited in prefetch:
+                if self.should_stop() or (max_steps is not None and self.global_step >= max_steps):
+                    return False
+                if not len(batch.labels):
+                    self.step_in_epoch += 1
+                    continue
+                step = self.train_step(batch)
+                now = time.perf_counter()
+                seconds, last = now - last, now
+                self._after_step(step, batch, waited, seconds)
+        finally:
+            prefetch.close()
+        return True
+
+    def _after_step(self, step: dict[str, Any], batch, waited: float, seconds: float) -> None:
+        self.global_step += 1
+        self.step_in_epoch += 1
+        self._accumulate(step, waited, seconds)
+        self.progress({"type": "step", "epoch": self.epoch + 1, "step": self.step_in_epoch,
+                       "steps_per_epoch": self.steps_per_epoch, "global_step": self.global_step,
+                       "total_steps": self.total_steps, "task_loss": step["task_loss"],
+                       "align_loss": step["align_loss"], "lr": self.scheduler.get_last_lr()[0],
+                       "images_per_s": step["seen"] / max(seconds, 1e-9), "map_wait_s": waited,
+                       "skipped": batch.skipped})
+        # the epoch end writes its own checkpoint just after the last step
+        if self.config.step_checkpoints and self.global_step % self.config.spec.checkpoint_every == 0 \
+                and self.step_in_epoch < self.steps_per_epoch:
+            self.checkpoint()
+
+    def _end_epoch(self) -> None:
+        record = self._finish_epoch()
+        self.history.append(record)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self._epoch_sums = {}
+        # the epoch is in the checkpoint before it is announced: a resume never counts it twice
+        self.checkpoint()
+        self.progress({"type": "epoch", **record})
+        samples = self._write_samples()
+        if samples is not None:
+            self.progress({"type": "samples", "epoch": self.epoch, "path": str(samples)})
 
 
 def _png_base64(pixels: np.ndarray) -> str:

@@ -16,6 +16,7 @@ from services.teacher.settings import TeacherSettings, help_for, override_help
 if TYPE_CHECKING:
     from services.teacher.engine.extraction import InteractionEngine
     from services.teacher.engine.extraction_settings import ExtractionSettings
+    from shared.teams import TeamDirectory
 
 teacher_app = typer.Typer(no_args_is_help=True, help="The VLM teacher: interaction maps from LLaVA-1.5.")
 console = Console(stderr=True)
@@ -291,7 +292,6 @@ def serve(
     from services.teacher.tiny.resolve import resolve_model
     from shared.errors import LfiError
     from shared.settings import get_settings
-    from shared.teams import TeamDirectory
 
     given = {"host": host, "port": port, "device": device, "dtype": dtype, "max_batch_size": max_batch_size,
              "max_wait_ms": max_wait_ms, "max_queue_per_team": max_queue, "answer_backend": answer_backend,
@@ -302,12 +302,7 @@ def serve(
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     settings = get_settings()
-    if settings.teams_file is None:
-        _fail("set LFI_TEAMS_FILE to a teams YAML file (see README; `lfi teacher team-key NAME` makes an entry)")
-    try:
-        teams = TeamDirectory.load(settings.teams_file)
-    except ValueError as exc:
-        _fail(f"teams file {settings.teams_file}: {exc}")
+    teams = _teams(settings.teams_file)
     from services.teacher.engine.loading import check_model_reference, parse_dtype
 
     try:
@@ -324,6 +319,17 @@ def serve(
                            map_ttl_s=settings.map_ttl_s or None, extraction=extraction, cache_dir=settings.cache_dir)
     uvicorn.run(create_app(config), host=tunables.host, port=tunables.port, log_level="info",
                 timeout_graceful_shutdown=5)
+
+
+def _teams(teams_file: Path | None) -> TeamDirectory:
+    from shared.teams import TeamDirectory
+
+    if teams_file is None:
+        _fail("set LFI_TEAMS_FILE to a teams YAML file (see README; `lfi teacher team-key NAME` makes an entry)")
+    try:
+        return TeamDirectory.load(teams_file)
+    except ValueError as exc:
+        _fail(f"teams file {teams_file}: {exc}")
 
 
 @teacher_app.command("team-key")

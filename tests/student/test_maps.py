@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -50,14 +49,16 @@ def test_while_the_teacher_is_down_the_student_waits_and_says_so(teacher, synth_
     client.info()
     server.stop()
     waits: list[str | None] = []
-    maps = TeacherMaps(client, on_wait=waits.append, max_backoff_s=0.5)
+    retries: list[bool] = []  # one entry per failed try: the student asks whether to stop before each retry
+    maps = TeacherMaps(client, on_wait=waits.append, should_stop=lambda: retries.append(False) or False,
+                       max_backoff_s=0.5)
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(maps=maps.fetch(_requests(synth_small, n=4))))
     worker.start()
     wait_for(lambda: waits, 30, "the student to report waiting")
     assert "unreachable" in waits[0] or "down" in waits[0]
-    time.sleep(1.0)
-    assert worker.is_alive()  # still waiting, not failed
+    wait_for(lambda: len(retries) >= 3 or not worker.is_alive(), 30, "three failed tries")
+    assert worker.is_alive()  # still waiting after three failed tries, not failed
     server.start()
     worker.join(timeout=120)
     assert not worker.is_alive() and all(m is not None for m in result["maps"])

@@ -12,8 +12,10 @@ from services.student.model import (
     count_flops,
     count_parameters,
     freeze_original,
-    student_config,
 )
+from services.student.model_config import ABLATION_MODES, MODEL_SIZES, MODES, student_config
+from shared.jobs import JobSpec
+from shared.student_names import ABLATION_NAMES, MODEL_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +74,7 @@ def test_each_mode_has_the_parts_the_paper_ablates(mode, queries, gate, aligned_
         assert log_probs.shape == (2, 3, 64)  # batch, heads, 8x8 patches
         assert torch.allclose(log_probs.exp().sum(-1), torch.ones(2, 3), atol=1e-5)
     assert all((g is not None) == gate for g in out.gates)
+    assert (MODES[mode].has_queries, MODES[mode].has_gate, MODES[mode].aligned) == (queries, gate, aligned_layers > 0)
 
 
 def test_interaction_queries_start_as_the_layers_own_queries():
@@ -119,9 +122,7 @@ def test_the_fused_attention_equals_the_papers_equations(mode):
                 attention.gate.out.bias.copy_(torch.tensor([1.5, -0.7], dtype=torch.float64))
     pixels = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     fused = model.forward_interactions(pixels)
-    for attention in model.interaction_layers:
-        attention.explicit = True
-    literal = model.forward_interactions(pixels)
+    literal = model.forward_interactions(pixels, explicit=True)
     assert torch.allclose(fused.logits, literal.logits, atol=1e-10)
     for a, b in zip(fused.alignment, literal.alignment, strict=True):
         assert torch.allclose(a, b, atol=1e-10)
@@ -133,3 +134,36 @@ def test_mean_rows_alignment_is_a_distribution_over_patches():
     model = build_student("vit-tiny", 4, "full", align_rows="mean")
     out = model.forward_interactions(torch.randn(2, 3, 64, 64))
     assert all(torch.allclose(a.exp().sum(-1), torch.ones(2, 3), atol=1e-5) for a in out.alignment)
+
+
+def test_the_hf_forward_and_forward_interactions_give_the_same_logits():
+    model = build_student("vit-tiny", 4, "full").eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=pixels).logits, model.forward_interactions(pixels).logits)
+
+
+def test_forwards_do_not_share_results_through_the_modules():
+    """Each call gets its own reports: two forwards in a row (or at once) never see each other's."""
+    model = build_student("vit-tiny", 4, "full").eval()
+    small, large = torch.randn(1, 3, 64, 64), torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        first = model.forward_interactions(small)
+        model(pixel_values=large)  # a plain forward in between leaves nothing behind for anyone to read
+        again = model.forward_interactions(small)
+    assert [a.shape[0] for a in first.alignment] == [1] * 4
+    assert all(torch.equal(a, b) for a, b in zip(first.alignment, again.alignment, strict=True))
+    assert not any(isinstance(v, torch.Tensor) for layer in model.interaction_layers for v in vars(layer).values())
+
+
+def test_cls_rows_are_distributions_per_layer_for_the_pictures():
+    model = build_student("vit-tiny", 4, "full").eval()
+    with torch.no_grad():
+        out = model.forward_interactions(torch.randn(2, 3, 64, 64), cls_rows=True)
+    assert len(out.cls_rows) == 4 and all(set(rows) == {"vfm", "agt"} for rows in out.cls_rows)
+    assert all(torch.allclose(r.sum(-1), torch.ones(2), atol=1e-5) for rows in out.cls_rows for r in rows.values())
+
+
+def test_the_job_spec_and_the_student_know_the_same_names():
+    assert set(MODEL_SIZES) == set(MODEL_NAMES) == set(JobSpec.model_fields["model"].annotation.__args__)
+    assert set(ABLATION_MODES) == set(ABLATION_NAMES) == set(JobSpec.model_fields["ablation"].annotation.__args__)

@@ -6,22 +6,30 @@ import shutil
 
 import pytest
 import torch
+from pydantic import ValidationError
 from transformers import ViTForImageClassification
 
 from services.student.data import discover
 from services.student.maps import MaskMaps
-from services.student.model import student_config
+from services.student.model_config import student_config
 from services.student.trainer import TrainConfig, Trainer
+from shared.jobs import JobSpec
+
+
+def _config(root, **overrides) -> TrainConfig:
+    """Short runs checkpoint at epoch ends only, unless a test asks for step checkpoints."""
+    overrides.setdefault("step_checkpoints", "checkpoint_every" in overrides)
+    return TrainConfig.from_spec(JobSpec(dataset=root.name), **overrides)
 
 
 def _trainer(root, run_dir, **overrides) -> Trainer:
-    config = TrainConfig(**{"epochs": 3, "batch_size": 8, "lr": 2e-3, "checkpoint_every": 0, **overrides})
+    config = _config(root, **{"epochs": 3, "batch_size": 8, "lr": 2e-3, **overrides})
     return Trainer(config, discover(root, ["shifted"]), run_dir, map_source=MaskMaps(root))
 
 
 def test_task_and_alignment_losses_fall(synth_small, tmp_path):
     events = []
-    trainer = Trainer(TrainConfig(epochs=25, batch_size=16, lr=2e-3, checkpoint_every=0, augment=False),
+    trainer = Trainer(_config(synth_small, epochs=25, batch_size=16, lr=2e-3, augment=False),
                       discover(synth_small, ["shifted"]), tmp_path, map_source=MaskMaps(synth_small),
                       progress=events.append)
     result = trainer.run()
@@ -91,7 +99,7 @@ def test_cancel_stops_at_the_next_step(synth_small, tmp_path):
 
 def test_an_aligned_student_without_maps_is_refused(synth_small, tmp_path):
     with pytest.raises(ValueError, match="map source"):
-        Trainer(TrainConfig(), discover(synth_small, ["shifted"]), tmp_path)
+        Trainer(_config(synth_small), discover(synth_small, ["shifted"]), tmp_path)
 
 
 def test_a_checkpoint_pointer_left_dangling_by_a_crash_falls_back_to_the_newest_complete_one(synth_small, tmp_path):
@@ -104,3 +112,16 @@ def test_a_checkpoint_pointer_left_dangling_by_a_crash_falls_back_to_the_newest_
     resumed = _trainer(synth_small, tmp_path, checkpoint_every=2, max_steps=6)
     resumed.run()
     assert resumed.global_step == 6
+
+
+def test_the_config_takes_the_specs_defaults_and_validates_overrides_like_the_spec():
+    spec = JobSpec(dataset="synth")
+    config = TrainConfig.from_spec(spec, align_rows="mean", ablation="no-gate", align_weight=5)
+    assert config.spec.epochs == spec.epochs and config.spec.lr == spec.lr  # one home for the defaults
+    assert (config.align_rows, config.spec.ablation, config.spec.align_weight, config.mode) == \
+        ("mean", "no-gate", 5, "no-gate")
+    assert TrainConfig.from_spec(JobSpec(dataset="synth", student="vit")).aligned is False
+    with pytest.raises(ValidationError):
+        TrainConfig.from_spec(spec, ablation="no-such-ablation")
+    with pytest.raises(TypeError):
+        TrainConfig.from_spec(spec, no_such_field=1)

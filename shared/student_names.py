@@ -1,0 +1,18 @@
+"""The names a job spec may give the student: model geometries, student kinds, ablations.
+
+One list for both sides: `shared.jobs.JobSpec` validates against these types, and the student
+(services/student/model.py) keys its tables by the same names and refuses to import if they
+differ. No torch here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+ModelName = Literal["vit-tiny", "vit-s16", "vit-b16", "vit-l16"]
+StudentKind = Literal["vit", "ivit"]  # the plain ViT baseline, or the I-ViT
+AblationName = Literal["none", "no-constraint", "constraint-on-original", "no-gate"]  # paper Table 3
+
+MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
+STUDENT_KINDS: tuple[StudentKind, ...] = get_args(StudentKind)
+ABLATION_NAMES: tuple[AblationName, ...] = get_args(AblationName)
