@@ -119,8 +119,30 @@ def teacher_parts(preset: str, device: str, dtype: torch.dtype, batches: list[in
     from bench.teacher_extract import cold_map_seconds, print_cold_table
 
     print_cold_table(cold_map_seconds(model, processor, batches, repeats, device))
+    decode_agreement(model, processor, batch=max(batches))
     gc.collect()
     _reset_peak(device)
+
+
+def decode_agreement(model, processor, batch: int) -> None:
+    """Maps from capture="decode" against capture="second-pass" on this device and dtype (the tests
+    check float32 on the CPU within 1e-5; here the kernels and the dtype are the GPU's)."""
+    import numpy as np
+
+    from bench.teacher_extract import _png
+    from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
+    from services.teacher.engine.loading import LoadedVLM, ModelIdentity
+
+    vlm = LoadedVLM(model, processor, ModelIdentity("random", "none"))
+    side = model.config.vision_config.image_size
+    requests = [InteractionRequest(image=_png(10**6 + i, side), label="circle") for i in range(batch)]
+    maps = {mode: InteractionEngine(vlm, max_batch_size=batch, capture=mode).extract_batch(requests)
+            for mode in ("decode", "second-pass")}
+    answers = sum(d.answer == s.answer for d, s in zip(maps["decode"], maps["second-pass"], strict=True))
+    worst = max(float(np.abs(d.map - s.map).max() / max(s.map.max(), 1e-12))
+                for d, s in zip(maps["decode"], maps["second-pass"], strict=True))
+    print(f"\ndecode vs second-pass, {batch} maps: same answer {answers}/{batch}, "
+          f"max |difference| / map max = {worst:.2e}")
 
 
 def student_part(size: str, device: str, batch: int, steps: int) -> None:
