@@ -47,9 +47,9 @@ class CaptureTarget:
             return False
         return self.layers is None or module.layer_idx in self.layers
 
-    def probabilities(self, query: torch.Tensor, key: torch.Tensor, rows: torch.Tensor,
-                      attention_mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
-        return row_probabilities(query, key, rows, self.cols.to(query.device), attention_mask, scaling,
+    def probabilities(self, q_rows: torch.Tensor, key: torch.Tensor, additive_mask: torch.Tensor,
+                      scaling: float) -> torch.Tensor:
+        return row_probabilities(q_rows, key, additive_mask, self.cols.to(q_rows.device), scaling,
                                  self.heads, self.head_reduce)
 
 
@@ -73,99 +73,113 @@ class CaptureSession:
                attention_mask: torch.Tensor | None, scaling: float) -> None:
         if query.shape[2] != key.shape[2]:
             return  # a decoding step with a cache: not the full-sequence pass we capture
+        rows = self.rows.to(query.device)
         self.captured[module.layer_idx] = self.target.probabilities(
-            query, key, self.rows.to(query.device), attention_mask, scaling)
+            _gather_rows(query, rows), key, _mask_rows(attention_mask, rows, key.shape[2], query.device), scaling)
 
 
 @dataclass
 class DecodeCaptureSession:
     """What `generate` should capture while it writes the answer: no second pass over the sequence.
 
-    Prefill: the last `prefill_rows` positions of the (left-padded) prompt, i.e. the forced part of
-    every answer and the row that predicts the first new token. Each decoding step: the one row of
-    the token fed back in. `captured[layer]` is a list of (B, r, N) pieces in sequence order, so
-    `rows(layer)` is (B, prefill_rows + steps, N) covering positions `first_position` onwards.
+    During generation only the query rows are kept (no kernels in the decoding steps beyond the
+    model's own): the prefill's last `prefill_rows` positions of the left-padded prompt (the forced
+    part of every answer and the row that predicts the first new token), then each step's one row
+    of the token fed back in; and, per layer, the latest key cache. Afterwards `rows(layer)`
+    computes all of them against the keys at once: (B, prefill_rows + steps, N), positions
+    `first_position` onwards. Each row sees the keys up to its own position (causal) that are not
+    padding (`key_valid`: the prompt's attention mask; every generated position counts).
     """
 
     target: CaptureTarget
     prefill_rows: int
+    prompt_mask: torch.Tensor  # (B, T) the prompt batch's attention mask: 0 on left padding
     first_position: int | None = None
-    captured: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    scaling: float = 1.0
 
     def wants(self, module: torch.nn.Module) -> bool:
         return self.target.wants(module)
 
     def record(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                attention_mask: torch.Tensor | None, scaling: float) -> None:
-        batch, _, q_len, _ = query.shape
-        pieces = self.captured.setdefault(module.layer_idx, [])
+        q_len = query.shape[2]
+        pieces = self.queries.setdefault(module.layer_idx, [])
         if not pieces:  # the prefill: the whole prompt at once
             if q_len != key.shape[2]:
                 raise RuntimeError("decode capture needs the prompt in one prefill pass (no cache given)")
             n = min(self.prefill_rows, q_len)
             self.first_position = q_len - n
-            rows = torch.arange(q_len - n, q_len, device=query.device)
+            pieces.append(query[:, :, q_len - n :].clone())  # a copy: the prompt's queries may go
         elif q_len == 1:
-            rows = torch.zeros(1, dtype=torch.long, device=query.device)
+            pieces.append(query)  # (B, H, 1, d): kept as it is, no kernel in the decoding loop
         else:
             raise RuntimeError(f"decode capture expects one new token per step, got {q_len}")
-        pieces.append(self.target.probabilities(query, key, rows.expand(batch, -1), attention_mask, scaling))
+        self.keys[module.layer_idx] = key  # the cache so far; the last one holds every key a row needs
+        self.scaling = scaling
 
     def rows(self, layer: int) -> torch.Tensor:
-        return torch.cat(self.captured[layer], dim=1)
+        q_rows = torch.cat(self.queries[layer], dim=2)
+        key = self.keys[layer]
+        batch, k_len, n_rows = key.shape[0], key.shape[2], q_rows.shape[2]
+        device = key.device
+        positions = self.first_position + torch.arange(n_rows, device=device)
+        prompt = self.prompt_mask.to(device).bool()
+        key_valid = torch.ones(batch, k_len, dtype=torch.bool, device=device)
+        key_valid[:, : prompt.shape[1]] = prompt
+        allowed = (torch.arange(k_len, device=device)[None, :] <= positions[:, None])[None] & key_valid[:, None, :]
+        return self.target.probabilities(q_rows, key, _additive(allowed[:, None]), self.scaling)
 
 
 def row_probabilities(
-    query: torch.Tensor,
+    q_rows: torch.Tensor,
     key: torch.Tensor,
-    rows: torch.Tensor,
+    additive_mask: torch.Tensor,
     cols: torch.Tensor,
-    attention_mask: torch.Tensor | None,
     scaling: float,
     heads: Sequence[int] | None,
     head_reduce: str,
 ) -> torch.Tensor:
-    """softmax(q k^T) of the query rows `rows` (B, A; indices into the query), on the key columns
-    `cols` (B, N), head-reduced: (B, A, N) float32. Queries are the last q_len of the k_len keys."""
-    batch, n_heads, q_len, head_dim = query.shape
+    """softmax(q kᵀ · scale + mask) of the query rows `q_rows` (B, H, A, d) against `key`
+    (B, H_kv, K, d), kept on the key columns `cols` (B, N) and head-reduced: (B, A, N) float32."""
+    batch, n_heads, n_rows, head_dim = q_rows.shape
     k_len = key.shape[2]
-    n_rows = rows.shape[1]
     # Scores in float32 whatever the model dtype: only A rows, so this is cheap.
-    q_rows = torch.gather(query, 2, rows[:, None, :, None].expand(batch, n_heads, n_rows, head_dim)).float()
+    q_rows = q_rows.float()
     groups = n_heads // key.shape[1]
-    if groups > 1:
-        q_rows = q_rows.view(batch, key.shape[1], groups * n_rows, head_dim)
+    if groups > 1:  # grouped-query attention: each KV head serves `groups` query heads
+        q_rows = q_rows.reshape(batch, key.shape[1], groups * n_rows, head_dim)
     scores = torch.matmul(q_rows, key.float().transpose(-1, -2)) * scaling
     if groups > 1:
         scores = scores.view(batch, n_heads, n_rows, k_len)
-    scores = scores + _mask_rows(attention_mask, rows, k_len - q_len, k_len, scores.device)
-    probs = torch.softmax(scores, dim=-1)
+    probs = torch.softmax(scores + additive_mask, dim=-1)
     probs = torch.gather(probs, 3, cols[:, None, None, :].expand(batch, n_heads, n_rows, cols.shape[1]))
     if heads is not None:
         probs = probs[:, list(heads)]
     return probs.amax(dim=1) if head_reduce == "max" else probs.mean(dim=1)
 
 
-def _mask_rows(
-    attention_mask: torch.Tensor | None, rows: torch.Tensor, past: int, k_len: int, device: torch.device
-) -> torch.Tensor:
-    """Additive mask (B, 1, A, K) for the selected query rows: causal plus whatever padding the model masks.
+def _gather_rows(query: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """query (B, H, T, d) at the positions `rows` (B, A): (B, H, A, d)."""
+    batch, n_heads, _, head_dim = query.shape
+    return torch.gather(query, 2, rows[:, None, :, None].expand(batch, n_heads, rows.shape[1], head_dim))
 
-    `past` is how many cached keys precede the queries (0 for a full pass).
-    """
+
+def _mask_rows(attention_mask: torch.Tensor | None, rows: torch.Tensor, k_len: int,
+               device: torch.device) -> torch.Tensor:
+    """Additive mask (B, 1, A, K) for the rows of a full pass: causal plus whatever padding the model masks."""
     if attention_mask is None:  # SDPA skipped the mask: plain causal, no padding
-        allowed = torch.arange(k_len, device=device)[None, None, :] <= (rows[:, :, None] + past)
-        allowed = allowed[:, None]
-    else:
-        m = attention_mask[..., :k_len]
-        if m.shape[2] == 1:  # one mask row broadcast over every query
-            m = m.expand(m.shape[0], m.shape[1], int(rows.max()) + 1, k_len)
-        picked = torch.gather(m, 2, rows[:, None, :, None].expand(m.shape[0], m.shape[1], rows.shape[1], k_len))
-        if picked.dtype != torch.bool:
-            return picked.float()
-        allowed = picked
-    zero = torch.zeros((), device=device)
-    return torch.where(allowed, zero, torch.tensor(float("-inf"), device=device))
+        allowed = torch.arange(k_len, device=device)[None, None, :] <= rows[:, :, None]
+        return _additive(allowed[:, None])
+    m = attention_mask[..., :k_len]
+    picked = torch.gather(m, 2, rows[:, None, :, None].expand(m.shape[0], m.shape[1], rows.shape[1], k_len))
+    return _additive(picked) if picked.dtype == torch.bool else picked.float()
+
+
+def _additive(allowed: torch.Tensor) -> torch.Tensor:
+    zero = torch.zeros((), device=allowed.device)
+    return torch.where(allowed, zero, torch.tensor(float("-inf"), device=allowed.device))
 
 
 def capture_attention_forward(
@@ -223,8 +237,9 @@ def capturing(model: torch.nn.Module, rows: torch.Tensor, cols: torch.Tensor, *,
     return _active(CaptureSession(_target(model, cols, layers, heads, head_reduce), rows))
 
 
-def decode_capturing(model: torch.nn.Module, cols: torch.Tensor, prefill_rows: int, *,
+def decode_capturing(model: torch.nn.Module, cols: torch.Tensor, prefill_rows: int, prompt_mask: torch.Tensor, *,
                      layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
                      head_reduce: str = "mean"):
     """Activate decode capture for the `generate` call inside the block."""
-    return _active(DecodeCaptureSession(_target(model, cols, layers, heads, head_reduce), prefill_rows))
+    target = _target(model, cols, layers, heads, head_reduce)
+    return _active(DecodeCaptureSession(target, prefill_rows, prompt_mask))

@@ -91,8 +91,18 @@ class InteractionEngine:
         self.settings.check_fits(self.n_layers, config.text_config.num_attention_heads)
         self.planner = PromptPlanner(processor, n_image_tokens=self.n_image_tokens, max_positions=self.max_positions)
         self.encoder = BatchEncoder(vlm, self.n_image_tokens)
-        self.answerer: Answerer = answerer or TransformersAnswerer(vlm.model, self.tokenizer)
-        self.capture = self._capture_mode(capture)
+        self._asked_capture = capture
+        self.answerer = answerer or TransformersAnswerer(vlm.model, self.tokenizer)
+
+    @property
+    def answerer(self) -> Answerer:
+        return self._answerer
+
+    @answerer.setter
+    def answerer(self, answerer: Answerer) -> None:
+        """A new answerer settles the capture mode again: decode needs answers written in this process."""
+        self.capture = self._capture_mode(self._asked_capture, answerer)
+        self._answerer = answerer
 
     @classmethod
     def from_pretrained(cls, model_id: str, *, dtype: str = "float32", device: str = "cpu",
@@ -110,21 +120,21 @@ class InteractionEngine:
 
             engine.answerer = VllmAnswerer(str(model_id), engine.tokenizer, cache_dir=cache_dir,
                                            dtype=str(engine.vlm.dtype).removeprefix("torch."))
-            engine.capture = engine._capture_mode(kwargs.get("capture"))
         elif answer_backend != "transformers":
             raise InvalidRequest(f"unknown answer backend {answer_backend!r}; use 'transformers' or 'vllm'")
         return engine
 
-    def _capture_mode(self, asked: CaptureMode | None) -> CaptureMode:
+    @staticmethod
+    def _capture_mode(asked: CaptureMode | None, answerer: Answerer) -> CaptureMode:
         """`decode` where the answerer runs the model here (the default), else `second-pass`."""
-        in_process = getattr(self.answerer, "captures_while_decoding", False)
+        in_process = getattr(answerer, "captures_while_decoding", False)
         if asked is None:
             return "decode" if in_process else "second-pass"
         if asked not in CAPTURE_MODES:
             raise InvalidRequest(f"unknown capture mode {asked!r}; use one of {', '.join(CAPTURE_MODES)}")
         if asked == "decode" and not in_process:
             raise InvalidRequest(f"capture='decode' needs the answers written in this process; the "
-                                 f"{getattr(self.answerer, 'name', 'custom')} backend needs capture='second-pass'")
+                                 f"{getattr(answerer, 'name', 'custom')} backend needs capture='second-pass'")
         return asked
 
     @property

@@ -56,8 +56,8 @@ def decode_step(runs: Sequence[Run], answerer: Answerer, encoder: BatchEncoder, 
     forced = [len(r.plan.prompt_ids) - r.plan.answer_start for r in runs]  # answer tokens inside the prompt
     cols = torch.stack([(ids == encoder.image_token_id).nonzero().squeeze(1) for ids in batch["input_ids"]])
     word_rows = settings.rows == "word"
-    with decode_capturing(model, cols, max(forced) + 1, layers=layers, heads=settings.heads,
-                          head_reduce=settings.head_reduce) as session:
+    with decode_capturing(model, cols, max(forced) + 1, batch["attention_mask"], layers=layers,
+                          heads=settings.heads, head_reduce=settings.head_reduce) as session:
         # A word's own row exists once the word is fed back in: the last word needs one step more.
         generated = answerer.generate([r.plan for r in runs], batch, images=images, extra_step=word_rows)
     read_answers(runs, generated, encoder.tokenizer)

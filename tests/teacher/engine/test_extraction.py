@@ -59,7 +59,8 @@ def test_maps_are_distributions_over_the_whole_image(engine: InteractionEngine):
         assert (result.map >= 0).all()
         assert result.map.sum() == pytest.approx(1.0, abs=1e-5)
         assert result.model.revision.startswith("sha256:")
-        assert result.prompt.endswith("@v1")
+        assert result.prompt == {"single-word": "single-word@v2"}.get(result.prompt.split("@")[0],
+                                                                      result.prompt.split("@")[0] + "@v1")
     assert results[0].map.shape == (14, 14)
     assert results[1].map.shape == (24, 16)  # native grid of a 2:3 image: 24 rows over 16 columns
     assert results[1].layers.shape == (4, 24, 16)
@@ -117,14 +118,14 @@ def test_malformed_answer_is_reported_not_raised(tiny_dir):
 
 def test_degenerate_when_background_dominates(engine: InteractionEngine, monkeypatch):
     # fore == back everywhere -> max(0, fore - back) is zero: flagged, uniform, no division by zero.
-    original = engine._capture
+    original = engine._compute
 
     def same_rows(runs):
         original(runs)
         for run in runs:
             run.back = run.fore.copy()
 
-    monkeypatch.setattr(engine, "_capture", same_rows)
+    monkeypatch.setattr(engine, "_compute", same_rows)
     result = engine.extract(InteractionRequest(image=_image(7), label="circle", grid=(4, 4)))
     assert result.degenerate
     np.testing.assert_allclose(result.map, np.full((4, 4), 1 / 16), atol=1e-7)
