@@ -9,8 +9,8 @@ Each (mode, batch) runs in its own subprocess, so peak memory (CPU: max RSS;
 GPU: torch.cuda.max_memory_allocated) is that mode's alone.
 
 Then cold maps/s through the whole engine, in one process with the modes interleaved
-(distinct images every call; label forced and the background written by the model, as a
-training job asks):
+(new images every round, the same for every mode in it; label forced and the background written
+by the model, as a training job asks):
   forward      one plain forward over the same prompts (the floor: one pass per map)
   decode       InteractionEngine(capture="decode"): capture inside the answer's own decoding
   second-pass  InteractionEngine(capture="second-pass"): generate, then a teacher-forced pass
@@ -189,8 +189,10 @@ def cold_map_seconds(model, processor, batches: list[int], repeats: int, device:
                    for mode in ("decode", "second-pass")}
         times: dict[str, list[float]] = {mode: [] for mode in COLD_MODES}
         for round_ in range(repeats + 1):  # round 0 warms up
+            # Every mode gets the same images in a round (the engine keeps no cache, so each call is
+            # cold): a generated answer's length depends on the image, and with it the decoding steps.
+            images = [_png(next(seeds), side) for _ in range(batch)]
             for mode in COLD_MODES:
-                images = [_png(next(seeds), side) for _ in range(batch)]
                 _sync(device)
                 start = time.perf_counter()
                 _cold_call(engines, mode, images)
