@@ -206,7 +206,6 @@ def cold_map_seconds(model, processor, batches: list[int], repeats: int, device:
 def _cold_call(engines: dict, mode: str, images: list[bytes]) -> None:
     import torch
 
-    from services.teacher.engine.capture import CAPTURE_IMPLEMENTATION
     from services.teacher.engine.extraction import InteractionRequest
 
     forced = mode in ("forced", "forward")
@@ -216,16 +215,12 @@ def _cold_call(engines: dict, mode: str, images: list[bytes]) -> None:
     if mode != "forward":
         engine.extract_batch(requests)
         return
-    # The floor: one plain forward over the forced prompts (prompt + image + whole answer), no capture.
+    # The floor: one forward over the forced prompts (prompt + image + whole answer), no capture.
+    # With no session active the lfi_capture kernel is plain SDPA, so the kernel is not switched.
     runs = [run for i, r in enumerate(requests) for run in engine._runs(i, engine.validate(r)[0])]
     encoded = engine.encoder.encode([engine.encoder.expand(r.plan.prompt_ids) for r in runs], [r.image for r in runs])
-    model = engine.vlm.model
-    model.set_attn_implementation("sdpa")
-    try:
-        with torch.no_grad():
-            model.model(**encoded)
-    finally:
-        model.set_attn_implementation(CAPTURE_IMPLEMENTATION)
+    with torch.no_grad():
+        engine.vlm.model.model(**encoded)
 
 
 def print_cold_table(seconds: dict[int, dict[str, float]]) -> None:

@@ -98,6 +98,7 @@ class DecodeCaptureSession:
     queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     scaling: float = 1.0
+    _mask_cache: torch.Tensor | None = field(default=None, repr=False)
 
     def wants(self, module: torch.nn.Module) -> bool:
         return self.target.wants(module)
@@ -122,14 +123,21 @@ class DecodeCaptureSession:
     def rows(self, layer: int) -> torch.Tensor:
         q_rows = torch.cat(self.queries[layer], dim=2)
         key = self.keys[layer]
-        batch, k_len, n_rows = key.shape[0], key.shape[2], q_rows.shape[2]
-        device = key.device
+        return self.target.probabilities(q_rows, key, self._mask(key, q_rows.shape[2]), self.scaling)
+
+    def _mask(self, key: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """Additive (B, 1, R, K) mask, the same for every layer: built once per shape."""
+        cached = self._mask_cache
+        if cached is not None and cached.shape[-2:] == (n_rows, key.shape[2]):
+            return cached
+        batch, k_len, device = key.shape[0], key.shape[2], key.device
         positions = self.first_position + torch.arange(n_rows, device=device)
         prompt = self.prompt_mask.to(device).bool()
         key_valid = torch.ones(batch, k_len, dtype=torch.bool, device=device)
         key_valid[:, : prompt.shape[1]] = prompt
         allowed = (torch.arange(k_len, device=device)[None, :] <= positions[:, None])[None] & key_valid[:, None, :]
-        return self.target.probabilities(q_rows, key, _additive(allowed[:, None]), self.scaling)
+        self._mask_cache = _additive(allowed[:, None])
+        return self._mask_cache
 
 
 def row_probabilities(
