@@ -41,6 +41,7 @@ def map_key(
     model_id: str,
     model_revision: str,
     background: str | None = None,
+    system_prompt: str | None = None,
 ) -> str:
     """sha256 over a canonical JSON of everything that changes the response."""
     canonical = {
@@ -59,5 +60,9 @@ def map_key(
     }
     if background is not None:  # only when given, so every key made before the field existed still holds
         canonical["background"] = background
+    # A request's own system prompt, where it differs from the teacher's (which `extraction` holds):
+    # a client that does not name one computes its keys from /info alone.
+    if system_prompt is not None and system_prompt != extraction.get("system_prompt"):
+        canonical["system_prompt"] = system_prompt
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()

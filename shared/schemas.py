@@ -68,6 +68,9 @@ class InteractionRequestBody(BaseModel):
     grid: tuple[GridSide, GridSide] | None = None
     per_instance: bool = False
     return_layers: bool = False
+    system_prompt: Literal["llava", "none"] | None = Field(
+        None, description="The system prompt the question is asked under: `llava` (LLaVA-1.5's own) or `none`; "
+        "default: the teacher's setting (GET /info, `extraction.system_prompt`).")
     priority: Priority = Priority.interactive
 
 
@@ -96,11 +99,13 @@ class InstancePayload(BaseModel):
     foreground_tokens: list[str]
     background_tokens: list[str]
     degenerate: bool
+    question: str = ""
 
 
 class InteractionResponse(BaseModel):
     key: str
     map: MapPayload
+    question: str = Field("", description="The exact prompt text the model was asked, up to its answer.")
     answer: str
     answer_status: str
     answer_message: str = ""

@@ -30,7 +30,8 @@ def _fail(message: str) -> None:
 @teacher_app.command("build-tiny")
 def build_tiny(
     out_dir: Path = typer.Argument(..., help="Folder to write the checkpoint to."),
-    preset: str = typer.Option("tiny", help="tiny | tiny-gqa | cpu-bench | llava-1.5-7b-geometry"),
+    preset: str = typer.Option("tiny", help="tiny | tiny-gqa | cpu-bench | llava-1.5-7b-geometry | "
+                        "llava-1.5-7b-vocab (the real tokenizer, processor and chat template, tiny random weights)"),
     seed: int = typer.Option(0, help="Weights and everything else follow from this seed."),
     device: str = typer.Option("cpu", help="Build straight onto this device (cuda for the 7B geometry)."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
@@ -95,8 +96,12 @@ def train_tiny(
                   f"answers on held-out images: {json.dumps(report.evaluation)}")
 
 
+SYSTEM_PROMPT_HELP = ("llava (LLaVA-1.5's own vicuna_v1 system prompt) | none (default: the checkpoint's "
+                      "recommendation, else llava).")
+
+
 def _extraction(model_dir: str, layers: str | None, rows: str | None,
-                head_reduce: str | None) -> ExtractionSettings:
+                head_reduce: str | None, system_prompt: str | None = None) -> ExtractionSettings:
     """The checkpoint's recommended extraction settings with the options given on the command line."""
     from dataclasses import replace
 
@@ -109,6 +114,8 @@ def _extraction(model_dir: str, layers: str | None, rows: str | None,
         given["rows"] = rows
     if head_reduce is not None:
         given["head_reduce"] = head_reduce
+    if system_prompt is not None:
+        given["system_prompt"] = system_prompt
     return replace(recommended_settings(model_dir), **given)
 
 
@@ -154,10 +161,11 @@ def extract(
     device: str = typer.Option(TeacherSettings.defaults().device),
     dtype: str = typer.Option(TeacherSettings.defaults().dtype),
     capture: str = typer.Option(None, help=help_for("capture")),
+    system_prompt: str = typer.Option(None, help=SYSTEM_PROMPT_HELP),
 ) -> None:
     """Compute interaction maps for image files and save them with overlays."""
     engine = _extract_engine(model, layers, rows, batch_size=batch_size, device=device, dtype=dtype,
-                             capture=capture)
+                             capture=capture, system_prompt=system_prompt)
     out.mkdir(parents=True, exist_ok=True)
     fields = {"task": task, "label": label, "background": background, "prompt": prompt,
               "vocabulary": [w.strip() for w in vocabulary.split(",")] if vocabulary else None,
@@ -172,7 +180,7 @@ def extract(
 
 
 def _extract_engine(model: str | None, layers: str | None, rows: str | None, *, batch_size: int, device: str,
-                    dtype: str, capture: str | None = None) -> InteractionEngine:
+                    dtype: str, capture: str | None = None, system_prompt: str | None = None) -> InteractionEngine:
     """The engine `extract` runs: the model resolved, its recommended settings overridden by the options."""
     from services.teacher.engine.extraction import InteractionEngine
     from services.teacher.tiny.resolve import resolve_model
@@ -183,7 +191,7 @@ def _extract_engine(model: str | None, layers: str | None, rows: str | None, *, 
     try:
         model_dir = resolve_model(model or settings.teacher_model, settings.cache_dir)
         return InteractionEngine.from_pretrained(
-            model_dir, device=device, dtype=dtype, settings=_extraction(model_dir, layers, rows, None),
+            model_dir, device=device, dtype=dtype, settings=_extraction(model_dir, layers, rows, None, system_prompt),
             max_batch_size=batch_size, cache_dir=settings.cache_dir, capture=capture,
         )
     except LfiError as exc:
@@ -282,6 +290,7 @@ def serve(
                                "checkpoint's recommendation, else all)."),
     rows: str = typer.Option(None, help="word | predicting (default: the checkpoint's recommendation, else word)."),
     head_reduce: str = typer.Option(None, help="mean | max over heads (default mean)."),
+    system_prompt: str = typer.Option(None, help=SYSTEM_PROMPT_HELP),
 ) -> None:
     """Serve /interactions over HTTP (needs LFI_TEAMS_FILE; Redis at LFI_REDIS_URL, optional)."""
     import uvicorn
@@ -303,18 +312,18 @@ def serve(
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     settings = get_settings()
     teams = _teams(settings.teams_file)
-    from services.teacher.engine.loading import check_model_reference, parse_dtype
+    from services.teacher.engine.loading import check_model_reference, parse_dtype, resolve_device
 
     try:
         model_dir = resolve_model(model or settings.teacher_model, settings.cache_dir)
         check_model_reference(model_dir)
-        parse_dtype(tunables.dtype)
+        parse_dtype(resolve_device(tunables.device, tunables.dtype)[1])
     except (LfiError, ValueError) as exc:
         _fail(getattr(exc, "message", str(exc)))
     try:
-        extraction = _extraction(model_dir, layers, rows, head_reduce)
+        extraction = _extraction(model_dir, layers, rows, head_reduce, system_prompt)
     except (LfiError, ValueError) as exc:
-        _fail(f"--layers/--rows/--head-reduce: {getattr(exc, 'message', exc)}")
+        _fail(f"--layers/--rows/--head-reduce/--system-prompt: {getattr(exc, 'message', exc)}")
     config = TeacherConfig(model=model_dir, redis_url=settings.redis_url, teams=teams, settings=tunables,
                            map_ttl_s=settings.map_ttl_s or None, extraction=extraction, cache_dir=settings.cache_dir)
     uvicorn.run(create_app(config), host=tunables.host, port=tunables.port, log_level="info",

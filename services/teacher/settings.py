@@ -22,8 +22,9 @@ class TeacherSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8100, ge=1, le=65535, description="Port to listen on.")
-    device: str = Field("cpu", description="Device the model runs on (cpu, cuda, cuda:1, ...).")
-    dtype: str = Field("float32", description="float32 | bfloat16 | float16")
+    device: str = Field("auto", description="Device the model runs on: auto (cuda when a GPU is visible, else "
+                        "cpu), cpu, cuda, cuda:1, ...")
+    dtype: str = Field("auto", description="auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16")
     max_batch_size: int = Field(8, ge=1, description="Sequences per GPU batch.")
     max_wait_ms: float = Field(10.0, ge=0, description="How long a batch may wait to fill (0: dynamic batching off).")
     max_queue_per_team: int = Field(1024, ge=1, description="Queued requests per team before 503.")

@@ -59,6 +59,7 @@ class AnswerPlan:
     trie: TokenTrie | None = None
     vocabulary: Sequence[str] | None = None
     complete: bool = False  # the whole answer is forced (in prompt_ids): nothing to generate
+    question: str = ""  # the prompt text the model is asked, up to where its answer begins
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -75,12 +76,15 @@ def plan_answer(
     background: str | None = None,
 ) -> AnswerPlan:
     base = tokenizer(chat_text).input_ids
+    # A forced label is the one word the foreground can be: the parser takes it whole.
+    forced = (label,) if label is not None else None
     if label is not None and template.forced_answer is not None and (background or not template.has_background):
         full = tokenizer(chat_text + template.forced_answer.format(label=label, background=background)).input_ids
-        return AnswerPlan(full, _common_prefix(base, full), template, complete=True)
+        return AnswerPlan(full, _common_prefix(base, full), template, vocabulary=forced, complete=True,
+                          question=chat_text)
     if label is not None and template.forced_prefix is not None:
         full = tokenizer(chat_text + template.forced_prefix.format(label=label)).input_ids
-        return AnswerPlan(full, _common_prefix(base, full), template)
+        return AnswerPlan(full, _common_prefix(base, full), template, vocabulary=forced, question=chat_text)
     if template.uses_vocabulary and vocabulary:
         candidates = tokenizer(
             [chat_text + template.choice_prefix + word + template.choice_suffix for word in vocabulary]
@@ -90,8 +94,9 @@ def plan_answer(
             shared = _common_prefix(base, candidates[0])
         start = min(shared, _common_prefix(base, candidates[0]))
         trie = TokenTrie.build([c[shared:] for c in candidates])
-        return AnswerPlan(candidates[0][:shared], start, template, trie=trie, vocabulary=vocabulary)
-    return AnswerPlan(base, len(base), template)
+        return AnswerPlan(candidates[0][:shared], start, template, trie=trie, vocabulary=vocabulary,
+                          question=chat_text)
+    return AnswerPlan(base, len(base), template, question=chat_text)
 
 
 class VocabularyConstraint(LogitsProcessor):

@@ -150,8 +150,12 @@ class InteractionEngine:
         can share a batch with other requests. `extract_batch` takes the ValidRequest as it is.
         """
         valid = validate_request(request, max_pixels=self.max_pixels)
-        self.planner.sequences(valid)
+        self.planner.sequences(valid, self.system_prompt(valid))
         return valid, valid.image, valid.template
+
+    def system_prompt(self, request: ValidRequest) -> str:
+        """The system prompt a request is asked under: its own, else the engine's setting."""
+        return request.system_prompt or self.settings.system_prompt
 
     def key_settings(self) -> dict:
         """Everything about this engine, beyond the model, that can change a map (part of cache keys)."""
@@ -185,7 +189,7 @@ class InteractionEngine:
                 valid.append(request)
                 continue
             try:
-                valid.append(validate_request(request, max_pixels=self.max_pixels))
+                valid.append(self.validate(request)[0])
             except InvalidRequest as exc:
                 if len(requests) > 1:
                     exc.message = f"request {i}: {exc.message}"
@@ -194,8 +198,8 @@ class InteractionEngine:
         return valid
 
     def _runs(self, index: int, request: ValidRequest) -> list[Run]:
-        return make_runs(index, request.image, request.label, self.planner.sequences(request),
-                         self.image_processor.image_mean)
+        return make_runs(index, request.image, request.label,
+                         self.planner.sequences(request, self.system_prompt(request)), self.image_processor.image_mean)
 
     def _compute(self, runs: list[Run]) -> None:
         """Answers and rows of one chunk: one forward where the answer is forced, else per `self.capture`."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from shared.errors import InvalidRequest
 
 ROW_CHOICES = ("word", "predicting")
+SYSTEM_PROMPT_CHOICES = ("llava", "none")  # prompts.SYSTEM_PROMPTS holds their text
 EXTRACTION_FILE = "lfi_extraction.json"
 
 
@@ -23,16 +24,22 @@ class ExtractionSettings:
     # "predicting", the query one position earlier, whose output predicts the word (what
     # `generate(output_attentions=True)` reports for the step that wrote it).
     rows: str = "word"
+    # The system prompt the question is asked under: "llava", LLaVA-1.5's own (vicuna_v1, what it was
+    # trained with), or "none". Not attention, but it changes every map, so it lives with the rest.
+    system_prompt: str = "llava"
 
     def __post_init__(self) -> None:
         if self.head_reduce not in {"mean", "max"}:
             raise InvalidRequest(f"head_reduce must be 'mean' or 'max', got {self.head_reduce!r}")
         if self.rows not in ROW_CHOICES:
             raise InvalidRequest(f"rows must be one of {', '.join(ROW_CHOICES)}, got {self.rows!r}")
+        if self.system_prompt not in SYSTEM_PROMPT_CHOICES:
+            raise InvalidRequest(f"system_prompt must be one of {', '.join(SYSTEM_PROMPT_CHOICES)}, "
+                                 f"got {self.system_prompt!r}")
 
     def as_dict(self) -> dict:
         return {"layers": self.layers, "heads": self.heads, "head_reduce": self.head_reduce, "rows": self.rows,
-                "version": 2}
+                "system_prompt": self.system_prompt, "version": 3}
 
     def check_fits(self, n_layers: int, n_heads: int) -> None:
         """Refuse layers or heads the model does not have (negative layers count from the end)."""
@@ -60,6 +67,7 @@ def recommended_settings(model_dir: str | Path) -> ExtractionSettings:
         data = json.loads(path.read_text())
         layers = data.get("layers")
         return ExtractionSettings(layers=tuple(int(v) for v in layers) if layers is not None else None,
-                                  rows=data.get("rows", "word"), head_reduce=data.get("head_reduce", "mean"))
+                                  rows=data.get("rows", "word"), head_reduce=data.get("head_reduce", "mean"),
+                                  system_prompt=data.get("system_prompt", "llava"))
     except (ValueError, TypeError, AttributeError, InvalidRequest) as exc:
         raise InvalidRequest(f"{path} is not a valid extraction file ({exc}); delete it or fix it") from None

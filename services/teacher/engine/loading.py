@@ -59,8 +59,23 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)} or auto")
     return DTYPES[name]
+
+
+def resolve_device(device: str = "auto", dtype: str | torch.dtype = "auto",
+                   cuda_available: bool | None = None) -> tuple[str, str | torch.dtype]:
+    """`auto` device: cuda when a GPU is visible, else cpu; `auto` dtype: bfloat16 on cuda, float32 elsewhere.
+
+    A 7B model in float32 on a CPU is what a user gets by accident, never by intent: auto avoids it.
+    """
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if device == "auto":
+        device = "cuda" if cuda_available else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    return device, dtype
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -93,6 +108,7 @@ def load_vlm(
     attn_implementation: str = capture.CAPTURE_IMPLEMENTATION,
 ) -> LoadedVLM:
     """Load a LLaVA model and its processor. `attn_implementation="eager"` is for reference tests."""
+    device, dtype = resolve_device(device, dtype)
     try:
         torch_dtype = parse_dtype(dtype)
     except ValueError as exc:

@@ -14,6 +14,15 @@ from enum import StrEnum
 
 from shared.schemas import Task
 
+# LLaVA-1.5's system prompt (LLaVA's conv_vicuna_v1, the conversation its weights were tuned on). HF's
+# chat template renders a system message as its bare text, and LLaVA joins system and first turn with
+# one space: "<system> USER: <image>\n<question> ASSISTANT:".
+SYSTEM_PROMPTS = {
+    "llava": "A chat between a curious human and an artificial intelligence assistant. "
+             "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+    "none": "",
+}
+
 
 class AnswerStatus(StrEnum):
     ok = "ok"
@@ -116,13 +125,14 @@ TEMPLATES: dict[str, PromptTemplate] = {
 DEFAULT_TEMPLATE = {Task.classification: "fg-bg-vocab", Task.detection: "dense-visual",
                     Task.segmentation: "dense-visual"}
 
-_WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*", re.UNICODE)
-_FG_BG_RE = re.compile(
-    r"['\"]?foreground['\"]?\s*:\s*\{?\s*['\"]?(?P<fore>[^'\"{},]*?)['\"]?\s*\}?\s*,"
-    r"\s*['\"]?background['\"]?\s*:\s*\{?\s*['\"]?(?P<back>[^'\"{}]*)",
-    re.IGNORECASE,
-)
-_FG_ONLY_RE = re.compile(r"['\"]?foreground['\"]?\s*:\s*\{?\s*['\"]?(?P<fore>[^'\"{},]+)", re.IGNORECASE)
+# A word: letters or digits, joined by hyphens or apostrophes ("t-shirt", "potter's").
+_WORD = re.compile(r"[^\W_]+(?:[-'’][^\W_]+)*", re.UNICODE)
+# Prompt 1's keys. The values are found by where they end (the quote before the next key, or the
+# closing brace), not by what they may contain: a word with an apostrophe is one value.
+_FG_KEY = re.compile(r"['\"]?foreground['\"]?\s*:\s*\{?\s*['\"]?", re.IGNORECASE)
+_FG_END = re.compile(r"['\"]?\s*\}?\s*,\s*['\"]?background['\"]?\s*:", re.IGNORECASE)
+_FG_END_ALONE = re.compile(r"['\"]?\s*[,}\n]|['\"]\s*$")
+_BG_VALUE = re.compile(r"\s*\{?\s*['\"]?(?P<back>.*?)(?:['\"]?\s*\}|['\"]\s*$|\n|$)", re.DOTALL)
 _DENSE_RE = re.compile(
     r"there\s+(?:is/are|is|are)\s+(?P<fore>.+?)\s+in\s+the\s+image"
     r"(?:.*?background\s+is\s*(?P<back>[^.\n]*))?",
@@ -135,24 +145,58 @@ def _words(text: str, start: int, end: int) -> list[Span]:
     return [Span(start + m.start(), start + m.end()) for m in _WORD.finditer(text[start:end])]
 
 
+def _known_word_at(text: str, start: int, words: Sequence[str]) -> int | None:
+    """End of the longest of `words` written at `start` (any case) and closed there, else None."""
+    best = None
+    for word in words:
+        end = start + len(word)
+        closed = end == len(text) or text[end] in "'\"},\n"
+        if closed and text[start:end].lower() == word.lower() and (best is None or end > best):
+            best = end
+    return best
+
+
+def _fg_bg_spans(text: str, vocabulary: Sequence[str] | None) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Character spans of Prompt 1's foreground and background values; None without a foreground key."""
+    key = _FG_KEY.search(text)
+    if key is None:
+        return None
+    start = key.end()
+    after = _FG_END.search(text, start)
+    end = _known_word_at(text, start, vocabulary or ())
+    if end is None:
+        alone = _FG_END_ALONE.search(text, start)
+        end = after.start() if after else (alone.start() if alone else len(text))
+    if after is None or after.start() < end:
+        return (start, end), (end, end)
+    back = _BG_VALUE.match(text, after.end())
+    return (start, end), back.span("back") if back else (after.end(), after.end())
+
+
+def _parse_fg_bg(text: str, vocabulary: Sequence[str] | None) -> ParsedAnswer:
+    spans = _fg_bg_spans(text, vocabulary)
+    if spans is None:
+        return ParsedAnswer(AnswerStatus.malformed, [], [],
+                            f"answer does not follow {{'foreground': ..., 'background': ...}}: {text!r}")
+    fore, back = _words(text, *spans[0]), _words(text, *spans[1])
+    if not fore:
+        return ParsedAnswer(AnswerStatus.malformed, [], back, f"empty foreground in {text!r}")
+    word = text[slice(*spans[0])].strip().strip("'\"").strip().lower()
+    if vocabulary and word not in {v.lower() for v in vocabulary}:
+        return ParsedAnswer(AnswerStatus.off_vocabulary, fore, back, f"foreground {word!r} is not in the vocabulary")
+    if not back:
+        return ParsedAnswer(AnswerStatus.no_background, fore, [], "no background word in the answer")
+    return ParsedAnswer(AnswerStatus.ok, fore, back)
+
+
 def parse_answer(template: PromptTemplate, text: str, vocabulary: Sequence[str] | None = None) -> ParsedAnswer:
-    """Find the foreground and background words in `text`; never raises."""
+    """Find the foreground and background words in `text`; never raises.
+
+    `vocabulary`: the words the foreground may be (the forced label alone, or the list it was chosen
+    from); a listed word is taken whole, whatever quotes or commas it holds.
+    """
     if template.id == "fg-bg-vocab":
-        match = _FG_BG_RE.search(text) or _FG_ONLY_RE.search(text)
-        if match is None:
-            return ParsedAnswer(AnswerStatus.malformed, [], [],
-                                f"answer does not follow {{'foreground': ..., 'background': ...}}: {text!r}")
-        fore = _words(text, *match.span("fore"))
-        back = _words(text, *match.span("back")) if "back" in match.groupdict() and match.group("back") else []
-        if not fore:
-            return ParsedAnswer(AnswerStatus.malformed, [], back, f"empty foreground in {text!r}")
-        word = match.group("fore").strip().lower()
-        if vocabulary and word not in {v.lower() for v in vocabulary}:
-            return ParsedAnswer(AnswerStatus.off_vocabulary, fore, back,
-                                f"foreground {word!r} is not in the vocabulary")
-        if not back:
-            return ParsedAnswer(AnswerStatus.no_background, fore, [], "no background word in the answer")
-        return ParsedAnswer(AnswerStatus.ok, fore, back)
+        return _parse_fg_bg(text, vocabulary)
     if template.id == "dense-visual":
         match = _DENSE_RE.search(text)
         if match is None:

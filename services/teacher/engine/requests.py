@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from services.teacher.engine.prompts import DEFAULT_TEMPLATE, TEMPLATES, PromptTemplate
+from services.teacher.engine.prompts import DEFAULT_TEMPLATE, SYSTEM_PROMPTS, TEMPLATES, PromptTemplate
 from shared.errors import InvalidRequest
 from shared.images import check_image_size, decode_image
 from shared.schemas import MAX_VOCABULARY, Box, Task
@@ -34,6 +34,7 @@ class InteractionRequest:
     grid: tuple[int, int] | None = None
     per_instance: bool = False
     return_layers: bool = False
+    system_prompt: str | None = None  # "llava" | "none"; None: the engine's (ExtractionSettings.system_prompt)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ValidRequest:
     grid: tuple[int, int] | None
     per_instance: bool
     return_layers: bool
+    system_prompt: str | None = None  # None: the engine's
 
     @property
     def prompt(self) -> str:
@@ -74,7 +76,15 @@ def validate_request(request: InteractionRequest, *, max_pixels: int) -> ValidRe
         background=_background(request.background, template, task, label),
         boxes=_boxes(request.boxes, task, image), grid=_grid(request.grid),
         per_instance=bool(request.per_instance), return_layers=bool(request.return_layers),
+        system_prompt=_system_prompt(request.system_prompt),
     )
+
+
+def _system_prompt(name: str | None) -> str | None:
+    if name is not None and name not in SYSTEM_PROMPTS:
+        raise InvalidRequest(f"unknown system_prompt {name!r}; use one of {sorted(SYSTEM_PROMPTS)}",
+                             code="unknown_system_prompt")
+    return name
 
 
 def _task(value: Task | str) -> Task:
@@ -136,11 +146,9 @@ def _vocabulary(vocabulary: Sequence[str] | None) -> tuple[str, ...] | None:
     if len(vocabulary) > MAX_VOCABULARY:
         raise InvalidRequest(f"vocabulary has {len(vocabulary)} words; the limit is {MAX_VOCABULARY}")
     cleaned = [w.strip() if isinstance(w, str) else w for w in vocabulary]
-    # a quote would end the word early inside the answer template's quoted string
-    if any(not _is_word(w) or "'" in w for w in cleaned):
-        raise InvalidRequest(
-            f"vocabulary words must be non-empty strings of at most {MAX_WORD_CHARS} characters without quotes"
-        )
+    # Quotes are fine ("potter's wheel"): the parser takes a listed word whole (prompts.parse_answer).
+    if any(not _is_word(w) for w in cleaned):
+        raise InvalidRequest(f"vocabulary words must be non-empty strings of at most {MAX_WORD_CHARS} characters")
     return tuple(dict.fromkeys(cleaned))
 
 

@@ -27,6 +27,7 @@ class InstanceMap:
     foreground_tokens: list[str]
     background_tokens: list[str]
     degenerate: bool
+    question: str = ""  # the prompt text this box's sequence asked
 
 
 @dataclass
@@ -43,6 +44,9 @@ class InteractionResult:
     compute_ms: float
     instances: list[InstanceMap] | None = None
     layers: np.ndarray | None = None  # (L, h, w): C_VLM of each captured layer
+    # The exact prompt text the model was asked (system prompt, chat template, question), up to
+    # where its answer begins; a dense request's sequences joined with " | ", like `answer`.
+    question: str = ""
 
 
 def run_contrast(runs: Sequence[Run], layer: int | None = None) -> np.ndarray | None:
@@ -73,6 +77,7 @@ def assemble(request: ValidRequest, runs: Sequence[Run], *, side: int, n_layers:
         compute_ms=compute_ms,
         instances=_instances(runs, side, request.grid) if request.per_instance and request.task.is_dense else None,
         layers=_layer_maps(runs, side, request.grid, n_layers) if request.return_layers else None,
+        question=" | ".join(run.plan.question for run in runs),
     )
 
 
@@ -81,7 +86,7 @@ def _instances(runs: Sequence[Run], side: int, grid: tuple[int, int] | None) -> 
     for run in runs:
         instance_map, degenerate = image_map(run_contrast([run]), run.padding, side, grid)
         instances.append(InstanceMap(run.box, instance_map, run.answer, run.parsed.status, run.fore_tokens,
-                                     run.back_tokens, degenerate))
+                                     run.back_tokens, degenerate, run.plan.question))
     return instances
 
 

@@ -118,10 +118,12 @@ def _rows_and_columns(runs: Sequence[Run], sequences: Sequence[list[int]], input
 
 
 def _tokens_in(spans: Sequence[Span], offsets: list[tuple[int, int]], text: str) -> list[int]:
-    """Indices of tokens that overlap a word span and carry a letter or digit themselves."""
+    """Indices of the tokens of the words in `spans`: those that overlap a word and carry a letter or
+    digit, and those lying wholly inside one (the apostrophe of "potter's", the hyphen of "t-shirt")."""
     picked = []
     for i, (start, end) in enumerate(offsets):
-        if not any(c.isalnum() for c in text[start:end]):
+        inside = any(s.start <= start and end <= s.end for s in spans) and end > start
+        if not inside and not any(c.isalnum() for c in text[start:end]):
             continue
         if any(start < s.end and s.start < end for s in spans):
             picked.append(i)

@@ -16,6 +16,7 @@ def result_json(result: InteractionResult, key: str) -> bytes:
         "cached": False,
         "key": key,
         "map": encode_map(result.map),
+        "question": result.question,
         "answer": result.answer,
         "answer_status": result.answer_status.value,
         "answer_message": result.answer_message,
@@ -24,7 +25,8 @@ def result_json(result: InteractionResult, key: str) -> bytes:
         "instances": None if result.instances is None else [
             {"box": inst.box.model_dump(mode="json"), "map": encode_map(inst.map), "answer": inst.answer,
              "answer_status": inst.answer_status.value, "foreground_tokens": inst.foreground_tokens,
-             "background_tokens": inst.background_tokens, "degenerate": inst.degenerate}
+             "background_tokens": inst.background_tokens, "degenerate": inst.degenerate,
+             "question": inst.question}
             for inst in result.instances
         ],
         "layers": None if result.layers is None else encode_map(result.layers),

@@ -65,6 +65,7 @@ class TeacherService:
             prompt_version=template.version, grid=clean.grid, per_instance=clean.per_instance,
             return_layers=clean.return_layers, extraction=self.engine.key_settings(),
             model_id=identity.id, model_revision=identity.revision, background=clean.background,
+            system_prompt=clean.system_prompt,
         )
 
     def prepare(self, body: InteractionRequestBody, image_bytes: bytes) -> tuple[str, ValidRequest]:
@@ -72,7 +73,7 @@ class TeacherService:
         request = InteractionRequest(
             image=image_bytes, task=body.task, label=body.label, vocabulary=body.vocabulary, boxes=body.boxes,
             background=body.background, prompt=body.prompt, grid=body.grid, per_instance=body.per_instance,
-            return_layers=body.return_layers,
+            return_layers=body.return_layers, system_prompt=body.system_prompt,
         )
         clean, _, template = self.engine.validate(request)
         return self._key(clean, template), clean

@@ -5,17 +5,22 @@ classes (CLIP vision tower, projector, Llama text model), a tokenizer trained
 locally with `tokenizers`, a CLIP image processor and LLaVA-1.5's chat
 template, saved so that `LlavaForConditionalGeneration.from_pretrained` and
 `AutoProcessor.from_pretrained` load them exactly like `llava-hf/llava-1.5-7b-hf`.
+The `llava-1.5-7b-vocab` preset instead ships the real checkpoint's tokenizer,
+processor and chat template (vendored in `assets/llava-1.5-7b-hf/`, no weights)
+beside tiny random weights of the real vocabulary and token geometry.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoProcessor,
     CLIPImageProcessor,
     CLIPVisionConfig,
     LlamaConfig,
@@ -42,6 +47,15 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
+# llava-hf/llava-1.5-7b-hf's tokenizer, processor, chat template and configs (no weights), with its
+# license and provenance: the real text side, for tests and for presets that name it.
+VENDORED_DIR = Path(__file__).with_name("assets")
+# Files of a vendored folder a built checkpoint takes verbatim; config.json and generation_config.json
+# describe the real 7B weights, so the builder writes its own.
+_TEXT_SIDE_FILES = ("added_tokens.json", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
+                    "processor_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
+                    "tokenizer_config.json", "README.md", "PROVENANCE.md", "LICENSE.md")
+
 
 @dataclass(frozen=True)
 class TinyPreset:
@@ -60,6 +74,8 @@ class TinyPreset:
     text_intermediate: int = 128
     vocab_size: int = 2048
     max_positions: int = 4096
+    # A folder under assets/ whose real tokenizer, processor and chat template replace the trained ones.
+    text_side: str | None = None
 
     @property
     def image_tokens(self) -> int:
@@ -87,6 +103,10 @@ PRESETS: dict[str, TinyPreset] = {
         text_hidden=4096, text_layers=32, text_heads=32, text_kv_heads=32, text_intermediate=11008,
         vocab_size=32064,
     ),
+    # llava-1.5-7b-hf's own tokenizer (SentencePiece, 32000 + <image> 32000 + <pad> 32001, rows up to
+    # 32064), processor (336 px, CLIP mean/std, 576 image tokens) and chat template, tiny random
+    # weights: what a new user's requests meet, on a CPU in seconds.
+    "llava-1.5-7b-vocab": TinyPreset(vocab_size=32064, text_side="llava-1.5-7b-hf"),
 }
 
 # Text the tokenizer learns its merges from: the prompt templates, answer formats
@@ -203,6 +223,21 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, preset: TinyPreset) -> L
     )
 
 
+def vendored_processor(preset: TinyPreset) -> LlavaProcessor:
+    """The vendored checkpoint's processor, checked against the preset's token geometry."""
+    processor = AutoProcessor.from_pretrained(VENDORED_DIR / str(preset.text_side))
+    # The "default" feature strategy drops CLIP's CLS feature: one extra position per image must
+    # be counted by the processor, or it writes 575 image tokens for 576 features.
+    if (processor.patch_size, processor.num_additional_image_tokens,
+            processor.vision_feature_select_strategy) != (preset.patch_size, 1, "default"):
+        raise ValueError(f"{preset.text_side}: processor geometry does not match the preset's patch size "
+                         f"{preset.patch_size} with one additional image token and the default strategy")
+    if processor.image_processor.crop_size["height"] != preset.image_size:
+        raise ValueError(f"{preset.text_side}: processor crops to {processor.image_processor.crop_size}, "
+                         f"the preset's images are {preset.image_size} px")
+    return processor
+
+
 def build_tiny_model(
     preset_name: str = "tiny",
     *,
@@ -214,8 +249,9 @@ def build_tiny_model(
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
     preset = PRESETS[preset_name]
-    tokenizer = train_tokenizer(preset.vocab_size)
-    processor = build_processor(tokenizer, preset)
+    processor = vendored_processor(preset) if preset.text_side else build_processor(
+        train_tokenizer(preset.vocab_size), preset)
+    tokenizer = processor.tokenizer
     config = llava_config(
         preset, len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"), tokenizer.pad_token_id
     )
@@ -242,7 +278,12 @@ def build_tiny_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     model, processor = build_tiny_model(preset_name, seed=seed, device=device, dtype=dtype)
     model.save_pretrained(out)
-    processor.save_pretrained(out)
+    preset = PRESETS[preset_name]
+    if preset.text_side:  # the real files, byte for byte, not a re-serialisation of them
+        for name in _TEXT_SIDE_FILES:
+            shutil.copyfile(VENDORED_DIR / preset.text_side / name, out / name)
+    else:
+        processor.save_pretrained(out)
     (out / "lfi_build.json").write_text(
         json.dumps({"builder": "lfi teacher build-tiny", "preset": preset_name, "seed": seed,
                     "shapes": asdict(PRESETS[preset_name])}, indent=2)

@@ -70,7 +70,8 @@ def choose_extraction(model_dir: str | Path, samples: list[Sample]) -> tuple[Ext
     Every subset is tried for models of up to 6 text layers (63 subsets); deeper models keep all
     layers and only the rows setting is chosen.
     """
-    base = InteractionEngine.from_pretrained(str(model_dir), settings=ExtractionSettings())
+    # The tiny teacher learns its answers without a system prompt (train.ExampleBuilder): ask it so.
+    base = InteractionEngine.from_pretrained(str(model_dir), settings=ExtractionSettings(system_prompt="none"))
     n_layers = base.n_layers
     tried: list[MapScore] = []
     best: tuple[float, ExtractionSettings] | None = None
@@ -79,7 +80,7 @@ def choose_extraction(model_dir: str | Path, samples: list[Sample]) -> tuple[Ext
         if n_layers <= 6:
             subsets = [tuple(c) for k in range(1, n_layers + 1) for c in itertools.combinations(range(n_layers), k)]
         for subset in subsets:
-            base.settings = ExtractionSettings(layers=subset, rows=rows)
+            base.settings = ExtractionSettings(layers=subset, rows=rows, system_prompt="none")
             result = score(base, samples, layers=subset is None or len(subset) == n_layers)
             tried.append(result)
             if best is None or result.combined > best[0] + 1e-9:
@@ -91,5 +92,5 @@ def write_recommendation(model_dir: str | Path, settings: ExtractionSettings, ev
     path = Path(model_dir) / EXTRACTION_FILE
     path.write_text(json.dumps({"layers": list(settings.layers) if settings.layers is not None else None,
                                 "rows": settings.rows, "head_reduce": settings.head_reduce,
-                                "evidence": evidence}, indent=2))
+                                "system_prompt": settings.system_prompt, "evidence": evidence}, indent=2))
     return path

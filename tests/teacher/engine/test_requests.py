@@ -40,7 +40,7 @@ def test_boxes_may_be_plain_dicts():
     assert valid.boxes == (Box(xyxy=(1, 1, 10, 10), label="cat"),)
 
 
-@pytest.mark.parametrize("words", [["it's"], [""], ["x" * 65], "cat"])
+@pytest.mark.parametrize("words", [[""], ["x" * 65], "cat"])
 def test_bad_vocabulary_words_are_refused(words):
     with pytest.raises(InvalidRequest, match="vocabulary"):
         validate_request(InteractionRequest(image=Image.new("RGB", (8, 8)), vocabulary=words), max_pixels=100)
