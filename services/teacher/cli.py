@@ -221,7 +221,8 @@ def _extract_one(engine: InteractionEngine, path: Path, fields: dict, out: Path,
     log.write(json.dumps({"image": str(path), "answer": result.answer,
                           "status": result.answer_status.value, "degenerate": result.degenerate,
                           "model": result.model.id, "revision": result.model.revision,
-                          "prompt": result.prompt, "shape": list(result.map.shape)}) + "\n")
+                          "prompt": result.prompt, "question": result.question,
+                          "shape": list(result.map.shape)}) + "\n")
     return path.name, result.answer, result.answer_status.value, str(result.degenerate)
 
 

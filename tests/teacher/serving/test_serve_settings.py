@@ -45,3 +45,14 @@ def test_options_win_over_the_environment_and_unset_options_keep_it(served, monk
 def test_an_invalid_setting_is_a_clear_error(served):
     result = CliRunner().invoke(teacher_app, ["serve", "--max-batch-size", "0"])
     assert result.exit_code == 2 and "max_batch_size" in result.output
+
+
+def test_device_and_dtype_default_to_auto_and_the_system_prompt_is_an_option(served):
+    defaults = TeacherSettings.defaults()
+    assert (defaults.device, defaults.dtype) == ("auto", "auto")
+    config = served()["app"].state.teacher.config
+    assert config.extraction.system_prompt == "llava"  # the tiny checkpoint recommends nothing: LLaVA-1.5's own
+    config = served("--system-prompt", "none")["app"].state.teacher.config
+    assert config.extraction.system_prompt == "none"
+    bad = CliRunner().invoke(teacher_app, ["serve", "--system-prompt", "vicuna"])
+    assert bad.exit_code == 2 and "system_prompt must be one of llava, none" in " ".join(bad.output.split())
