@@ -132,6 +132,8 @@ _WORD = re.compile(r"[^\W_]+(?:[-'’][^\W_]+)*", re.UNICODE)
 _FG_KEY = re.compile(r"['\"]?foreground['\"]?\s*:\s*\{?\s*['\"]?", re.IGNORECASE)
 _FG_END = re.compile(r"['\"]?\s*\}?\s*,\s*['\"]?background['\"]?\s*:", re.IGNORECASE)
 _FG_END_ALONE = re.compile(r"['\"]?\s*[,}\n]|['\"]\s*$")
+# Where a known word's value closes: its quote then a comma, brace or the end; or a brace; or the end.
+_VALUE_CLOSED = re.compile(r"['\"]\s*(?:[,}]|$)|\s*\}|\s*$|\n")
 _BG_VALUE = re.compile(r"\s*\{?\s*['\"]?(?P<back>.*?)(?:['\"]?\s*\}|['\"]\s*$|\n|$)", re.DOTALL)
 _DENSE_RE = re.compile(
     r"there\s+(?:is/are|is|are)\s+(?P<fore>.+?)\s+in\s+the\s+image"
@@ -150,7 +152,7 @@ def _known_word_at(text: str, start: int, words: Sequence[str]) -> int | None:
     best = None
     for word in words:
         end = start + len(word)
-        closed = end == len(text) or text[end] in "'\"},\n"
+        closed = _VALUE_CLOSED.match(text, end) is not None  # "potter" is not closed in "potter's"
         if closed and text[start:end].lower() == word.lower() and (best is None or end > best):
             best = end
     return best

@@ -54,3 +54,48 @@ def test_token_offsets_cover_the_decoded_text(engine):
     ids = engine.tokenizer(" {'foreground': 'circle', 'background': 'stripes'}", add_special_tokens=False).input_ids
     text, offsets = token_offsets(engine.tokenizer, ids)
     assert "".join(text[s:e] for s, e in offsets) == text
+
+
+@pytest.mark.parametrize("vocabulary", [["potter's wheel", "cat"], None])
+def test_fg_bg_values_with_apostrophes_are_whole(vocabulary):
+    text = "{'foreground': 'potter's wheel', 'background': 'children's room'}"
+    parsed = parse_answer(TEMPLATES["fg-bg-vocab"], text, vocabulary)
+    assert parsed.status is AnswerStatus.ok
+    assert _words(text, parsed.foreground) == ["potter's", "wheel"]
+    assert _words(text, parsed.background) == ["children's", "room"]
+
+
+@pytest.mark.parametrize(
+    ("text", "vocabulary", "status", "fore", "back"),
+    [
+        # a listed word is taken whole, commas and quotes included
+        ("{'foreground': 'cat, dog', 'background': 'sky'}", ["cat, dog"], AnswerStatus.ok, ["cat", "dog"], ["sky"]),
+        ("{'foreground': 'the \"best\" dog', 'background': 'sky'}", ['the "best" dog'], AnswerStatus.ok,
+         ["the", "best", "dog"], ["sky"]),
+        # the model's background cut at the stop character (an apostrophe) keeps its first word
+        ("{'foreground': 'potter's wheel', 'background': 'children'", ["potter's wheel"], AnswerStatus.ok,
+         ["potter's", "wheel"], ["children"]),
+        ("{'foreground': 'potter's wheel', 'background': '", ["potter's wheel"], AnswerStatus.no_background,
+         ["potter's", "wheel"], []),
+        ("{'foreground': 'potter's wheel'}", None, AnswerStatus.no_background, ["potter's", "wheel"], []),
+        ("{'foreground': 'potter's wheel', 'background': 'x'}", ["potter"], AnswerStatus.off_vocabulary,
+         ["potter's", "wheel"], ["x"]),
+    ],
+)
+def test_fg_bg_answers_holding_quotes_and_commas(text, vocabulary, status, fore, back):
+    parsed = parse_answer(TEMPLATES["fg-bg-vocab"], text, vocabulary)
+    assert parsed.status is status, parsed.message
+    assert _words(text, parsed.foreground) == fore
+    assert _words(text, parsed.background) == back
+
+
+def test_system_prompts_and_settings():
+    from services.teacher.engine.extraction_settings import ExtractionSettings, recommended_settings
+    from services.teacher.tiny.resolve import SHIPPED_DIR
+    from shared.errors import InvalidRequest
+
+    assert ExtractionSettings().system_prompt == "llava" and ExtractionSettings().as_dict()["system_prompt"] == "llava"
+    with pytest.raises(InvalidRequest, match="system_prompt"):
+        ExtractionSettings(system_prompt="vicuna")
+    # the shipped tiny teacher learned its answers without a system prompt, and says so
+    assert recommended_settings(SHIPPED_DIR).system_prompt == "none"
