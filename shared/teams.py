@@ -54,6 +54,8 @@ def _read_teams(path: Path) -> list[Team]:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise ValueError(f"cannot read teams file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"teams file {path} is not valid YAML: {exc}") from exc
     return TeamsFile.model_validate(raw).teams
 
 
