@@ -75,22 +75,24 @@ class Outcome:
 
 def kill_schedule(seed: int, minutes: float, every: tuple[float, float],
                   restart_after: tuple[float, float]) -> list[tuple[float, str, float]]:
-    """(seconds from the start, component, seconds until its restart), fixed by `seed`."""
+    """(seconds since the last restart, component, seconds until its restart), fixed by `seed`. The gap
+    counts from the last restart, not the last kill: a slow restart (the teacher loading its model on a
+    busy machine) must not make the next kill follow at once."""
     rng = random.Random(seed)
-    schedule, at, kinds = [], 0.0, []
-    while True:
-        at += rng.uniform(*every)
-        if at > minutes * 60:
-            return schedule
+    schedule, total, kinds = [], 0.0, []
+    while total < minutes * 60:
+        gap = rng.uniform(*every)
+        total += gap
         if not kinds:
             kinds = list(COMPONENTS)
             rng.shuffle(kinds)
-        schedule.append((at, kinds.pop(), rng.uniform(*restart_after)))
+        schedule.append((gap, kinds.pop(), rng.uniform(*restart_after)))
+    return schedule
 
 
 def job_spec(n: int) -> dict:
     return {"dataset": "small", "model": "vit-tiny", "student": "ivit" if n % 2 else "vit", "epochs": 2,
-            "batch_size": 8, "lr": 1e-3, "checkpoint_every": 2, "team": TEAMS[n % len(TEAMS)]}
+            "batch_size": 8, "lr": 1e-3, "checkpoint_every": 1, "team": TEAMS[n % len(TEAMS)]}
 
 
 def submit(dashboard_url: str, n: int, give_up_s: float = 120.0) -> str:
@@ -146,19 +148,33 @@ def run(args: argparse.Namespace, tmp: Path) -> Outcome:
     stack = ChaosStack(tmp, lease_s=args.lease_s, seed=args.seed)
     accepted: list[str] = []
     try:
+        begun = time.monotonic()
         stack.start()
+        print(f"stack up in {time.monotonic() - begun:.0f} s", file=sys.stderr)
         started = time.monotonic()
-        n, next_job = 0, started
-        for at, component, restart_after in [*schedule, (args.minutes * 60, "", 0.0)]:
-            while time.monotonic() - started < at:
+        end = started + args.minutes * 60
+        n, next_job, last_restart = 0, started, started
+
+        def until(moment: float) -> None:
+            nonlocal n, next_job
+            while time.monotonic() < moment:
                 if time.monotonic() >= next_job:
                     accepted.append(submit(stack.dashboard.url, n))
                     n, next_job = n + 1, time.monotonic() + args.job_every_s
                 stack.watch_recoveries()
                 time.sleep(0.2)
-            if component:
-                stack.kill(component, restart_after)
+
+        for gap, component, restart_after in schedule:
+            if last_restart + gap > end:
+                break
+            until(last_restart + gap)
+            stack.kill(component, restart_after)
+            last_restart = time.monotonic()
+            print(f"{last_restart - started:6.0f} s  killed and restarted {stack.kills[-1].component}", file=sys.stderr)
+        until(end)
+        drain_from = time.monotonic()
         stack.drain(accepted, args.drain_s)
+        print(f"drained in {time.monotonic() - drain_from:.0f} s", file=sys.stderr)
         outcome = judge(stack.store, accepted)
         outcome.kills = stack.kills
         return outcome
@@ -201,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run(args, Path(tmp))
     print_report(outcome, args, time.monotonic() - begun)
     if args.json:
-        args.json.write_text(json.dumps({"line": outcome.line(), "ok": outcome.ok, "lost": outcome.lost,
+        args.json.write_text(json.dumps({"line": outcome.line(), "ok": outcome.ok, "jobs": outcome.jobs,
+                                         "succeeded": outcome.succeeded, "lost": outcome.lost,
                                          "ran_twice": outcome.ran_twice, "steps_redone": outcome.steps_redone,
                                          "kills": [k.__dict__ for k in outcome.kills]}, indent=1))
     return 0 if outcome.ok else 1

@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.support.processes import (
 
 COMPONENTS = ("worker", "teacher", "dashboard", "redis")
 WORKERS = 2
+STEPPING_S = 10.0
 
 
 def _ts(iso: str) -> float:
@@ -36,7 +38,7 @@ def _ts(iso: str) -> float:
 class Kill:
     component: str  # "worker-0", "teacher", ...
     killed_at: float  # wall clock (events carry wall-clock times)
-    running: list[str]  # jobs running or waiting for the teacher at the kill
+    running: list[str]  # jobs taking steps at the kill
     restarted_at: float | None = None
     recovery_s: float | None = None
     detail: dict = field(default_factory=dict)
@@ -87,7 +89,8 @@ class ChaosStack:
     def start(self) -> None:
         from services.teacher.tiny.build import build_tiny_checkpoint
 
-        generate(self.tmp / "data" / "small", n_train_per_class=8, n_val_per_class=2, n_shifted_per_class=2, seed=0)
+        # 16 images, 2 steps of 8 an epoch: a job's cost is mostly its process starting, not its steps
+        generate(self.tmp / "data" / "small", n_train_per_class=4, n_val_per_class=1, n_shifted_per_class=0, seed=0)
         tiny = build_tiny_checkpoint(self.tmp / "tiny", "tiny", seed=0)
         teams = write_teams_file(self.tmp / "teams.yaml")
         self.redis.start()
@@ -96,25 +99,35 @@ class ChaosStack:
                     "LFI_TEACHER_KEY": TEAM_KEYS["alpha"], "LFI_JOB_LEASE_S": str(self.lease_s),
                     "LFI_JOB_RECLAIM_INTERVAL_S": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         self.teacher = ServiceProcess(["teacher", "serve"], self.env, self.tmp / "teacher.log")
-        self.teacher.start()
-        self.env["LFI_TEACHER_URL"] = self.teacher.url
+        self.env["LFI_TEACHER_URL"] = self.teacher.url  # its port is chosen already: all start at once
         self.dashboard = ServiceProcess(["dashboard"], self.env, self.tmp / "dashboard.log", health="/healthz")
-        self.dashboard.start()
-        for i in range(WORKERS):
-            self._start_worker(i)
+        with ThreadPoolExecutor(2 + WORKERS) as pool:
+            starting = [pool.submit(self.teacher.start, 300), pool.submit(self.dashboard.start, 300),
+                        *(pool.submit(self._start_worker, i) for i in range(WORKERS))]
+            for future in starting:
+                future.result()
 
     def _start_worker(self, i: int) -> None:
         self.incarnations += 1  # a fresh log each time: the readiness marker of the last life must not count
-        worker = CeleryWorker(f"w{i}", self.env, self.tmp / f"worker-{i}-{self.incarnations}.log")
+        worker = CeleryWorker(f"w{i}", self.env, self.tmp / f"worker-{i}-{self.incarnations}-{i}.log")
         self.workers[i] = worker.start(timeout_s=120)
 
-    def _running(self) -> list[str]:
-        busy = (JobStatus.running, JobStatus.waiting_teacher)
-        return [r["id"] for r in self.store.list(limit=100_000) if r["status"] in busy]
+    def _stepping(self, within_s: float = STEPPING_S) -> list[str]:
+        """Jobs that took a step in the last `within_s`: the work a kill interrupts. (A job whose worker is
+        still starting up, or that waits in the queue, was not interrupted, and waiting for its first step
+        would time the machine's load, not the recovery.)"""
+        now, found = time.time(), []
+        for record in self.store.list(limit=100_000):
+            if JobStatus(record["status"]).terminal:
+                continue
+            steps = [e for _, e in self.store.events(record["id"]) if e["type"] == "step"]
+            if steps and now - _ts(steps[-1]["at"]) < within_s:
+                found.append(record["id"])
+        return found
 
     def kill(self, component: str, restart_after_s: float) -> Kill:
         """kill -9 `component` (a worker picked at random), wait, restart it and wait until it answers."""
-        running = self._running()
+        running = self._stepping()
         if component == "worker":
             i = self.rng.randrange(WORKERS)
             name, down, up = f"worker-{i}", self.workers[i].kill9, lambda: self._start_worker(i)
@@ -134,7 +147,8 @@ class ChaosStack:
 
     def watch_recoveries(self) -> None:
         """A kill has recovered once its component is back and each job running at the kill took a step
-        after the restart, or finished: the recovery time is from the kill to the last of those."""
+        after the restart, or finished: the recovery time is from the kill to the last of those. A job the
+        killed worker held waits for its lease to lapse, the reclaim scan, and a free worker."""
         for kill in self.kills:
             if kill.recovery_s is not None or kill.restarted_at is None:
                 continue
