@@ -41,7 +41,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.chaos_stack import COMPONENTS, ChaosStack, Kill
-from shared.jobs import JobStore
+from shared.jobs import JobStatus, JobStore
 from tests.support.processes import TEAM_KEYS
 
 TEAMS = ("alpha", "beta", "tight")
@@ -52,6 +52,7 @@ class Outcome:
     jobs: int
     succeeded: int
     lost: list[str]
+    unfinished: list[str]  # of the lost: still queued or running when the drain ran out
     ran_twice: list[str]
     duplicate_epochs: list[str]
     steps_redone: int
@@ -63,6 +64,8 @@ class Outcome:
         longest = max((k.recovery_s for k in self.kills if k.recovery_s is not None), default=0.0)
         unrecovered = sum(k.recovery_s is None for k in self.kills)
         tail = f" ({unrecovered} kills never recovered)" if unrecovered else ""
+        if self.unfinished:
+            tail += f" ({len(self.unfinished)} of the lost still unfinished when the drain ran out)"
         return (f"jobs {self.jobs}, kills {counts}, succeeded {self.succeeded}, lost {len(self.lost)}, "
                 f"ran twice {len(self.ran_twice)}, duplicate epochs {len(self.duplicate_epochs)}, "
                 f"longest recovery {longest:.1f} s{tail}")
@@ -80,7 +83,7 @@ def kill_schedule(seed: int, minutes: float, every: tuple[float, float],
     busy machine) must not make the next kill follow at once."""
     rng = random.Random(seed)
     schedule, total, kinds = [], 0.0, []
-    while total < minutes * 60:
+    while total < minutes * 60 or len(schedule) < 8:  # spare kills for --min-kills
         gap = rng.uniform(*every)
         total += gap
         if not kinds:
@@ -140,7 +143,8 @@ def judge(store: JobStore, accepted: list[str]) -> Outcome:
             duplicate_epochs.append(job_id)
         redone += len(steps) - len({e["global_step"] for e in steps})
     succeeded = sum(r["status"] == "succeeded" for r in records.values())
-    return Outcome(len(records), succeeded, lost, ran_twice, duplicate_epochs, redone)
+    unfinished = [j for j in lost if j in records and not JobStatus(records[j]["status"]).terminal]
+    return Outcome(len(records), succeeded, lost, unfinished, ran_twice, duplicate_epochs, redone)
 
 
 def run(args: argparse.Namespace, tmp: Path) -> Outcome:
@@ -165,7 +169,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Outcome:
                 time.sleep(0.2)
 
         for gap, component, restart_after in schedule:
-            if last_restart + gap > end:
+            if last_restart + gap > end and len(stack.kills) >= args.min_kills:
                 break
             until(last_restart + gap)
             stack.kill(component, restart_after)
@@ -195,7 +199,7 @@ def print_report(outcome: Outcome, args: argparse.Namespace, wall_s: float) -> N
         longest = f"{max(times):.1f}" if times else "-"
         print(f"{kind:<11}{count:>6}{median:>19}{longest:>16}")
     print(f"steps redone after kills (taken again from a checkpoint): {outcome.steps_redone}")
-    for name in ("lost", "ran_twice", "duplicate_epochs"):
+    for name in ("lost", "unfinished", "ran_twice", "duplicate_epochs"):
         if getattr(outcome, name):
             print(f"{name}: {getattr(outcome, name)}")
     print(outcome.line())
@@ -207,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kill-every", type=float, nargs=2, default=[15.0, 30.0], metavar=("MIN_S", "MAX_S"))
     parser.add_argument("--restart-after", type=float, nargs=2, default=[2.0, 5.0], metavar=("MIN_S", "MAX_S"))
+    parser.add_argument("--min-kills", type=int, default=0,
+                        help="go on past --minutes until this many kills (4: every kind dies once)")
     parser.add_argument("--job-every-s", type=float, default=6.0, help="queue a job this often")
     parser.add_argument("--lease-s", type=float, default=10.0, help="LFI_JOB_LEASE_S of the workers")
     parser.add_argument("--drain-s", type=float, default=300.0, help="how long to wait for the jobs at the end")
@@ -219,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"line": outcome.line(), "ok": outcome.ok, "jobs": outcome.jobs,
                                          "succeeded": outcome.succeeded, "lost": outcome.lost,
+                                         "unfinished": outcome.unfinished,
                                          "ran_twice": outcome.ran_twice, "steps_redone": outcome.steps_redone,
                                          "kills": [k.__dict__ for k in outcome.kills]}, indent=1))
     return 0 if outcome.ok else 1

@@ -3,6 +3,8 @@ dashboard, each restartable on the same port; and the bookkeeping of each kill's
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import signal
 import subprocess
@@ -125,11 +127,23 @@ class ChaosStack:
                 found.append(record["id"])
         return found
 
+    def _held_by(self, worker: CeleryWorker) -> list[str]:
+        """Jobs whose recorded worker (host:pid:thread) is a process of `worker`'s process group."""
+        held = []
+        for record in self.store.list(limit=100_000):
+            if JobStatus(record["status"]).terminal or not record.get("worker"):
+                continue
+            with contextlib.suppress(ValueError, OSError, IndexError):
+                if os.getpgid(int(record["worker"].split(":")[1])) == worker.proc.pid:
+                    held.append(record["id"])
+        return held
+
     def kill(self, component: str, restart_after_s: float) -> Kill:
         """kill -9 `component` (a worker picked at random), wait, restart it and wait until it answers."""
         running = self._stepping()
         if component == "worker":
             i = self.rng.randrange(WORKERS)
+            running = sorted(set(running) | set(self._held_by(self.workers[i])))
             name, down, up = f"worker-{i}", self.workers[i].kill9, lambda: self._start_worker(i)
         elif component == "redis":
             name, down, up = "redis", self.redis.kill9, self.redis.start

@@ -148,9 +148,7 @@ def up(*, host: str, teacher_port: int, dashboard_port: int, workers: int, concu
 
     settings = get_settings()
     runs_root = Path(settings.runs_root).resolve()
-    own_redis = "redis_url" not in settings.model_fields_set  # LFI_REDIS_URL not given: start our own
-    if own_redis:
-        settings = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{_free_port()}/0"})
+    settings, own_redis = choose_redis(settings)
     data_root = Path(settings.data_root).resolve()
     if settings.teams_file is None and not demo:
         console.print("[red]error:[/red] set LFI_TEAMS_FILE (teams and hashed keys; see README), "
@@ -183,6 +181,14 @@ def up(*, host: str, teacher_port: int, dashboard_port: int, workers: int, concu
         except LaunchError as exc:
             console.print(f"[red]error:[/red] {exc}")
             return 1
+
+
+def choose_redis(settings: Settings) -> tuple[Settings, bool]:
+    """(settings with the Redis to use, whether `lfi up` starts it): LFI_REDIS_URL's if it is given, else
+    a redis-server of our own on a free port (whatever answers on 6379 may keep nothing on disk)."""
+    if "redis_url" in settings.model_fields_set:
+        return settings, False
+    return settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{_free_port()}/0"}), True
 
 
 def _ports_free(host: str, ports: dict[str, int]) -> bool:

@@ -17,13 +17,13 @@ from bench.chaos import kill_schedule, overlapping_workers
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-SHORT = ["--minutes", "1.1", "--seed", "2", "--kill-every", "8", "12", "--restart-after", "2", "3",
-         "--job-every-s", "6", "--drain-s", "240"]
+SHORT = ["--minutes", "1", "--seed", "2", "--kill-every", "8", "12", "--restart-after", "2", "3",
+         "--job-every-s", "12", "--min-kills", "4", "--drain-s", "240"]
 
 
 def test_the_schedule_is_fixed_by_the_seed_and_every_kind_dies_in_the_first_round():
-    first = kill_schedule(2, 1.1, (8, 12), (2, 3))
-    assert first == kill_schedule(2, 1.1, (8, 12), (2, 3))
+    first = kill_schedule(2, 1, (8, 12), (2, 3))
+    assert first == kill_schedule(2, 1, (8, 12), (2, 3))
     assert [c for _, c, _ in first[:4]] == ["worker", "redis", "dashboard", "teacher"]
     assert sorted(c for _, c, _ in kill_schedule(7, 10, (15, 30), (2, 5))[:4]) == sorted(
         ["worker", "teacher", "dashboard", "redis"])

@@ -236,7 +236,7 @@ def test_lfi_train_without_redis_says_so(tmp_path, data_root):
 
 def test_a_job_whose_message_was_lost_is_sent_again_and_runs_once(stack):
     """The record is written but the broker never got the message (the sender died in between)."""
-    settings, store, start_worker, _ = stack
+    _, store, start_worker, _ = stack
     start_worker("w1")
     spec = JobSpec(dataset="small", model="vit-tiny", student="vit", epochs=1, batch_size=8, team="alpha")
     job_id = store.create(spec)["id"]  # no send_task: the message is lost
