@@ -1,7 +1,8 @@
 """The short chaos run: the whole stack as real processes, every kind of component killed -9 once
-(worker, Redis, dashboard, teacher: the order seed 2 draws; the teacher, slowest to restart, last), jobs queued throughout. Nothing may be
-lost, run twice or announce an epoch twice, and every kill must recover. Counts are asserted, never
-times: the recovery times are the bench's to print (docs/reliability.md)."""
+(worker, Redis, dashboard, teacher: the order seed 2 draws; the teacher, slowest to restart, last),
+jobs queued throughout. Nothing may be lost, run twice or announce an epoch twice, and every kill
+must recover. Counts are asserted, never times: the recovery times are the bench's to print
+(docs/reliability.md)."""
 
 from __future__ import annotations
 
