@@ -186,18 +186,21 @@ def run(args: argparse.Namespace, tmp: Path) -> Outcome:
         stack.stop()
 
 
+def _median_max(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f}, {max(values):.1f}" if values else "-"
+
+
 def print_report(outcome: Outcome, args: argparse.Namespace, wall_s: float) -> None:
     every, restart = args.kill_every, args.restart_after
     print(f"chaos: {args.minutes:g} min, seed {args.seed}, a kill every {every[0]:g}-{every[1]:g} s,"
           f" restart after {restart[0]:g}-{restart[1]:g} s, lease {args.lease_s:g} s, "
           f"a job every {args.job_every_s:g} s; {wall_s:.0f} s wall")
-    print(f"{'component':<11}{'kills':>6}{'recovery median s':>19}{'recovery max s':>16}")
+    print(f"{'component':<11}{'kills':>6}{'back up s (median, max)':>25}{'work resumed s (median, max)':>30}")
     for kind in COMPONENTS:
-        times = [k.recovery_s for k in outcome.kills if k.component.startswith(kind) and k.recovery_s is not None]
-        count = sum(k.component.startswith(kind) for k in outcome.kills)
-        median = f"{statistics.median(times):.1f}" if times else "-"
-        longest = f"{max(times):.1f}" if times else "-"
-        print(f"{kind:<11}{count:>6}{median:>19}{longest:>16}")
+        kills = [k for k in outcome.kills if k.component.startswith(kind)]
+        back = [k.restarted_at - k.killed_at for k in kills if k.restarted_at is not None]
+        resumed = [k.recovery_s for k in kills if k.recovery_s is not None]
+        print(f"{kind:<11}{len(kills):>6}{_median_max(back):>25}{_median_max(resumed):>30}")
     print(f"steps redone after kills (taken again from a checkpoint): {outcome.steps_redone}")
     for name in ("lost", "unfinished", "ran_twice", "duplicate_epochs"):
         if getattr(outcome, name):
@@ -213,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restart-after", type=float, nargs=2, default=[2.0, 5.0], metavar=("MIN_S", "MAX_S"))
     parser.add_argument("--min-kills", type=int, default=0,
                         help="go on past --minutes until this many kills (4: every kind dies once)")
-    parser.add_argument("--job-every-s", type=float, default=6.0, help="queue a job this often")
+    parser.add_argument("--job-every-s", type=float, default=20.0, help="queue a job this often")
     parser.add_argument("--lease-s", type=float, default=10.0, help="LFI_JOB_LEASE_S of the workers")
-    parser.add_argument("--drain-s", type=float, default=300.0, help="how long to wait for the jobs at the end")
+    parser.add_argument("--drain-s", type=float, default=600.0, help="how long to wait for the jobs at the end")
     parser.add_argument("--json", type=Path, help="also write the kills and the outcome here")
     args = parser.parse_args(argv)
     begun = time.monotonic()
