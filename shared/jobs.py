@@ -322,9 +322,12 @@ class JobStore:
 
     def waiting_in_broker(self, queue: str) -> set[str]:
         """Job ids with a message waiting in the Celery queue `queue` (Redis transport: a list of JSON
-        messages whose `argsrepr` header names the job). A message a worker has taken is not here."""
+        messages per priority step, whose `argsrepr` header names the job). A message a worker has taken
+        is not here."""
+        from shared.celery_config import queue_lists
+
         found: set[str] = set()
-        for raw in self.redis.lrange(queue, 0, -1):
+        for raw in (raw for name in queue_lists(queue) for raw in self.redis.lrange(name, 0, -1)):
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 found.update(re.findall(r"[0-9a-f]{16}", json.loads(raw)["headers"]["argsrepr"]))
         return found
@@ -369,9 +372,9 @@ def _decode_record(raw: dict[str, str]) -> dict[str, Any]:
 
 def submit_job(store: JobStore, celery_app, spec: JobSpec, data_root: Path) -> dict[str, Any]:
     """Validate, record, and queue by task name. Returns the job record."""
-    from shared.celery_config import TRAIN_TASK
+    from shared.celery_config import NEW_JOB_PRIORITY, TRAIN_TASK
 
     check_spec(spec, data_root)
     record = store.create(spec)
-    celery_app.send_task(TRAIN_TASK, args=[record["id"]])
+    celery_app.send_task(TRAIN_TASK, args=[record["id"]], priority=NEW_JOB_PRIORITY)
     return record

@@ -16,7 +16,7 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from services.student.job_runner import LostMessages, reclaim_orphans, run_job
-from shared.celery_config import TRAIN_QUEUE, TRAIN_TASK, celery_conf
+from shared.celery_config import RESUME_PRIORITY, TRAIN_QUEUE, TRAIN_TASK, celery_conf
 from shared.jobs import JobStore
 from shared.settings import get_settings
 
@@ -45,7 +45,8 @@ def _reclaim_loop() -> None:
     lost_messages = LostMessages(grace_s=3 * settings.job_reclaim_interval_s, queue=TRAIN_QUEUE)
     while not _stop_reclaimer.wait(settings.job_reclaim_interval_s):
         try:
-            send = lambda job_id: app.send_task(TRAIN_TASK, args=[job_id])  # noqa: E731
+            # ahead of new jobs: a resumed job (or one whose message was lost) has waited its turn already
+            send = lambda job_id: app.send_task(TRAIN_TASK, args=[job_id], priority=RESUME_PRIORITY)  # noqa: E731
             reclaim_orphans(store, settings, send)
             lost_messages(store, send, time.monotonic())
         except Exception:  # Redis away for a moment: the next round tries again

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from shared.celery_config import TRAIN_QUEUE, TRAIN_TASK, make_celery
+from shared.celery_config import NEW_JOB_PRIORITY, RESUME_PRIORITY, TRAIN_QUEUE, TRAIN_TASK, make_celery, queue_lists
 from shared.jobs import ACTIVE_JOBS, JobSpec, JobStatus, JobStore
 from shared.settings import Settings
 
@@ -111,11 +111,14 @@ def test_a_cancel_racing_a_reclaim_is_not_lost(store, tmp_path):
 
 def test_a_job_without_a_message_is_found_and_one_with_a_message_is_not(store, redis_server):
     celery = make_celery(Settings(redis_url=redis_server.url))
-    sent, lost, held, named = (_job(store) for _ in range(4))
-    celery.send_task(TRAIN_TASK, args=[sent])  # a real message, waiting in the broker's list
+    sent, resumed, lost, held, named = (_job(store) for _ in range(5))
+    # real messages, waiting in the broker's lists: a new job's (priority step 3), a resumed one's (step 0)
+    celery.send_task(TRAIN_TASK, args=[sent], priority=NEW_JOB_PRIORITY)
+    celery.send_task(TRAIN_TASK, args=[resumed], priority=RESUME_PRIORITY)
+    assert store.redis.llen(TRAIN_QUEUE) == 1 and store.redis.llen(queue_lists()[1]) == 1
     store.acquire_lease(held, "w1", 30)  # a worker has it
     store.set_status(named, JobStatus.running, worker="w1")  # a worker named: the orphan scan's business
-    assert store.waiting_in_broker(TRAIN_QUEUE) == {sent}
+    assert store.waiting_in_broker(TRAIN_QUEUE) == {sent, resumed}
     assert store.unplaced(TRAIN_QUEUE) == [lost]
     store.set_status(lost, JobStatus.cancelled)
     assert store.unplaced(TRAIN_QUEUE) == []

@@ -273,3 +273,18 @@ def test_a_redis_restart_mid_job_costs_at_most_the_steps_since_the_checkpoint(tm
     finally:
         worker.stop()
         redis_server.kill()
+
+
+def test_a_resumed_job_goes_ahead_of_the_jobs_waiting(stack):
+    """New jobs wait at priority step 3; a reclaimed or re-sent one is sent at step 0 and is taken first."""
+    from shared.celery_config import RESUME_PRIORITY, TRAIN_TASK
+
+    settings, store, start_worker, _ = stack
+    new = [_submit(settings, store, student="vit", epochs=1) for _ in range(2)]
+    resumed = store.create(JobSpec(dataset="small", model="vit-tiny", student="vit", epochs=1, batch_size=8,
+                                   team="alpha"))["id"]
+    make_celery(settings).send_task(TRAIN_TASK, args=[resumed], priority=RESUME_PRIORITY)
+    start_worker("w1")
+    records = [_wait_status(store, job_id, {"succeeded", "failed"}) for job_id in [resumed, *new]]
+    assert all(r["status"] == "succeeded" for r in records), [r.get("error") for r in records]
+    assert records[0]["started_at"] < min(r["started_at"] for r in records[1:])
