@@ -6,15 +6,16 @@ Real processes on free ports: a private redis-server with an append-only file fs
 small jobs (ViT and I-ViT, teams alpha, beta and tight) is queued through the dashboard's HTTP API
 (a refused or unanswered POST is retried until it is accepted). Every 15-30 s (`--kill-every`) one
 component dies: each round of four kills is a seeded shuffle of worker / teacher / dashboard / Redis,
-so every kind dies once in the first four. It comes back `--restart-after` (2-5 s) later. After
-`--minutes`, queueing stops and every job is waited for (`--drain-s`). Then the job records and
+so every kind dies once in the first four. It comes back `--restart-after` (2-5 s) later, and the
+next gap counts from that restart. After `--minutes`, queueing stops, and so do the kills unless
+`--min-kills` asks for more; then every job is waited for (`--drain-s`), and the job records and
 events are read:
 
   lost        a job accepted (201) whose record is gone, or that did not succeed
   ran twice   a job whose steps were reported by two workers at overlapping times
   dup epochs  an epoch announced twice for one job
-  recovery    per kill: until the component answers again and every job that was running at the kill
-              has taken a step after the restart (or finished)
+  recovery    per kill: until the component answers again and every job that was taking steps at the
+              kill, or that the killed worker held, has taken a step after the restart (or finished)
 
     python bench/chaos.py [--minutes 5] [--seed 0]
 
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Outcome:
         def until(moment: float) -> None:
             nonlocal n, next_job
             while time.monotonic() < moment:
-                if time.monotonic() >= next_job:
+                if next_job <= time.monotonic() < end:  # queueing stops at --minutes; kills may go on
                     accepted.append(submit(stack.dashboard.url, n))
                     n, next_job = n + 1, time.monotonic() + args.job_every_s
                 stack.watch_recoveries()
