@@ -249,7 +249,8 @@ class LostMessages:
         for job_id, since in self.first_seen.items():
             if now - since < self.grace_s or not store.claim_resend(job_id, self.grace_s):
                 continue
-            store.set_status(job_id, JobStatus.queued, only_if_unleased=True, reason="message lost; sent again")
+            if not store.set_status(job_id, JobStatus.queued, only_if_unleased=True, reason="message lost; sent again"):
+                continue  # a worker took it, or it ended, since the scan
             store.event(job_id, {"type": "resent", "reason": "no message in the broker and no worker"})
             send(job_id)
             resent.append(job_id)
