@@ -13,6 +13,13 @@ slots of the contested batches (its weight share is 0.5).
 Every image is distinct, so every request is a cold map computed on the GPU thread. The load
 generator runs in this process on the same cores as the server.
 Goal: p95 flooded <= 3x p95 alone, beta share ~ 0.5.
+
+    python bench/teacher_fairness.py --weighted [--per-team 96] [--repeats 3]
+
+Weights 2:1:1 under real contention instead: a teacher whose teams file gives alpha weight 2 and beta
+and tight weight 1; each repeat the three teams post `--per-team` bulk requests at once (far more than
+a batch of 8 holds). Over the batches formed while all three had work waiting, each team's share of
+the slots (counts, not times). Goal: within 5 points of 0.50 / 0.25 / 0.25.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.teacher_service import _png, model_or_tiny, start_teacher
-from tests.support.processes import TEAM_KEYS, RedisServer
+from tests.support.processes import TEAM_KEYS, RedisServer, ServiceProcess, write_teams_file
 
 BETA_CLIENTS = 4
 ADMIN = {"Authorization": f"Bearer {TEAM_KEYS['admin']}"}
@@ -129,6 +136,54 @@ def print_table(results: list[dict], n: int, flood: int) -> None:
           f"beta share median {med['share']:.2f} (weight share 0.50)")
 
 
+WEIGHTS = {"alpha": 2, "beta": 1, "tight": 1}
+
+
+async def three_team_flood(url: str, per_team: int, base: int) -> int:
+    """Every team of WEIGHTS posts `per_team` bulk requests at once; the number answered 200."""
+    limits = httpx.Limits(max_connections=4 * per_team, max_keepalive_connections=4 * per_team)
+    async with httpx.AsyncClient(timeout=1800, limits=limits) as client:
+        posts = [client.post(url + "/interactions", json={"image": _png(base + 1000 * t + i), "label": "dog",
+                                                          "priority": "bulk"}, headers=_auth(team))
+                 for t, team in enumerate(WEIGHTS) for i in range(per_team)]
+        responses = await asyncio.gather(*posts, return_exceptions=True)
+    return sum(1 for r in responses if isinstance(r, httpx.Response) and r.status_code == 200)
+
+
+def weighted_shares(batches: list[dict]) -> tuple[dict[str, float], int]:
+    """Each team's share of the slots of the batches formed while every team had work waiting."""
+    contested = [b for b in batches if set(WEIGHTS) <= set(b["backlogged"])]
+    slots = sum(b["size"] for b in contested)
+    return {team: sum(b["teams"].get(team, 0) for b in contested) / max(1, slots) for team in WEIGHTS}, len(contested)
+
+
+def weighted_main(tmp: Path, model: str, redis: RedisServer, per_team: int, repeats: int) -> None:
+    teams = write_teams_file(tmp / "teams-weighted.yaml", {team: {"weight": w} for team, w in WEIGHTS.items()})
+    env = {"LFI_TEAMS_FILE": str(teams), "LFI_REDIS_URL": redis.url, "LFI_TEACHER_MODEL": model}
+    server = ServiceProcess(["teacher", "serve", "--max-batch-size", "8", "--max-wait-ms", "5",
+                             "--request-timeout-s", "1800"], env, tmp / "teacher-weighted.log").start()
+    rows = []
+    try:
+        for repeat in range(repeats):
+            before = stats(server.url)["batches"]["count"]
+            ok = asyncio.run(three_team_flood(server.url, per_team, 2_000_000 * (repeat + 1)))
+            after = stats(server.url)["batches"]
+            formed = after["count"] - before
+            shares, contested = weighted_shares(after["recent"][-formed:] if formed else [])
+            rows.append((repeat + 1, shares, contested, formed, ok))
+            print(f"repeat {repeat + 1}: {shares} over {contested} contested batches", file=sys.stderr)
+    finally:
+        server.stop()
+    print(f"weights alpha 2, beta 1, tight 1; each posts {per_team} bulk requests at once; batch 8, wait 5 ms")
+    print(f"{'repeat':<8}{'alpha':>8}{'beta':>8}{'tight':>8}{'contested batches':>20}{'answered':>10}")
+    for repeat, shares, contested, formed, ok in rows:
+        print(f"{repeat:<8}{shares['alpha']:>8.3f}{shares['beta']:>8.3f}{shares['tight']:>8.3f}"
+              f"{f'{contested} of {formed}':>20}{f'{ok}/{3 * per_team}':>10}")
+    worst = max(abs(shares[t] - w / sum(WEIGHTS.values())) for _, shares, *_ in rows for t, w in WEIGHTS.items())
+    print(f"goal: every share within 0.05 of 0.50/0.25/0.25: {'met' if worst <= 0.05 else 'NOT met'} "
+          f"(worst deviation {worst:.3f})")
+
+
 def _terminate(signum, frame):  # SIGTERM -> SystemExit, so the finally blocks stop redis and the teacher
     raise SystemExit(128 + signum)
 
@@ -139,6 +194,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="beta interactive requests per phase (N)")
     parser.add_argument("--flood", type=int, default=200, help="alpha bulk requests per flood (M)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--weighted", action="store_true", help="the 2:1:1 weights experiment instead")
+    parser.add_argument("--per-team", type=int, default=96, help="with --weighted: requests per team per repeat")
     args = parser.parse_args()
     if args.flood >= 500_000 or args.requests >= 100_000:
         parser.error("--flood must be < 500000 and --requests < 100000 (image seeds would collide)")
@@ -147,6 +204,11 @@ def main() -> None:
         tmp = Path(tmpdir)
         model = model_or_tiny(args.model, tmp)
         redis = RedisServer(tmp).start()
+        if args.weighted:
+            try:
+                return weighted_main(tmp, model, redis, args.per_team, args.repeats)
+            finally:
+                redis.kill()
         try:
             server = start_teacher(tmp, model, redis, "--max-batch-size", "8", "--max-wait-ms", "5")
             try:

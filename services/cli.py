@@ -87,7 +87,8 @@ def up(
     demo_size: int = typer.Option(100, help="Synthetic training images per class."),
     exit_when_done: bool = typer.Option(False, help="With --demo: stop everything once both jobs have ended."),
 ) -> None:
-    """Everything locally: Redis (LFI_REDIS_URL, or a local redis-server), teacher, worker, dashboard."""
+    """Everything locally: Redis (its own, append-only, under runs/redis; or LFI_REDIS_URL's), teacher, worker,
+    dashboard."""
     from services.launcher import up as launch
 
     raise typer.Exit(launch(host=host, teacher_port=teacher_port, dashboard_port=dashboard_port, workers=workers,

@@ -1,5 +1,9 @@
 """`lfi up`: the whole system as local processes: Redis, teacher, worker, dashboard.
 
+Redis is its own, under `LFI_RUNS_ROOT/redis` with the append-only file fsynced at every write,
+unless `LFI_REDIS_URL` names one: the Redis a machine already runs on 6379 may keep nothing on
+disk, and a restart of it would forget every job.
+
 Each service is the same `lfi` command the compose file runs, started in its own process group
 with its log under `LFI_RUNS_ROOT/logs/`, health-checked before the next one starts. Ctrl-C (or
 SIGTERM, or any service dying) stops them all in reverse order: SIGINT, then SIGKILL after a
@@ -107,6 +111,12 @@ def _redis_ok(url: str) -> bool:
     return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex((host, port)) != 0
@@ -138,6 +148,7 @@ def up(*, host: str, teacher_port: int, dashboard_port: int, workers: int, concu
 
     settings = get_settings()
     runs_root = Path(settings.runs_root).resolve()
+    settings, own_redis = choose_redis(settings)
     data_root = Path(settings.data_root).resolve()
     if settings.teams_file is None and not demo:
         console.print("[red]error:[/red] set LFI_TEAMS_FILE (teams and hashed keys; see README), "
@@ -152,7 +163,10 @@ def up(*, host: str, teacher_port: int, dashboard_port: int, workers: int, concu
     stack = Stack(runs_root, env)
     with _stopped_on_exit(stack):
         try:
-            _ensure_redis(stack, settings.redis_url, runs_root)
+            if own_redis:
+                _start_redis(stack, settings.redis_url, runs_root)
+            else:
+                _ensure_redis(stack, settings.redis_url, runs_root)
             _start_services(stack, host, teacher_port, dashboard_port, workers, concurrency)
             console.print(f"\n  dashboard  http://{host}:{dashboard_port}/\n  teacher    http://{host}:{teacher_port}/docs"
                           f"\n  redis      {settings.redis_url}\n  logs       {runs_root / 'logs'}")
@@ -167,6 +181,14 @@ def up(*, host: str, teacher_port: int, dashboard_port: int, workers: int, concu
         except LaunchError as exc:
             console.print(f"[red]error:[/red] {exc}")
             return 1
+
+
+def choose_redis(settings: Settings) -> tuple[Settings, bool]:
+    """(settings with the Redis to use, whether `lfi up` starts it): LFI_REDIS_URL's if it is given, else
+    a redis-server of our own on a free port (whatever answers on 6379 may keep nothing on disk)."""
+    if "redis_url" in settings.model_fields_set:
+        return settings, False
+    return settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{_free_port()}/0"}), True
 
 
 def _ports_free(host: str, ports: dict[str, int]) -> bool:
@@ -215,14 +237,26 @@ def _ensure_redis(stack: Stack, redis_url: str, runs_root: Path) -> None:
         return
     except Exception:
         parsed = urlparse(redis_url)
-    if parsed.hostname not in ("127.0.0.1", "localhost") or shutil.which("redis-server") is None:
+    if parsed.hostname not in ("127.0.0.1", "localhost"):
         raise LaunchError(f"Redis at {redis_url} is unreachable and no local redis-server can be started "
-                          "there (install redis-server, or point LFI_REDIS_URL at a running Redis)")
-    port = parsed.port or 6379
+                          "there (point LFI_REDIS_URL at a running Redis, or unset it to let lfi up start one)")
+    _start_redis(stack, redis_url, runs_root)
+
+
+def redis_argv(port: int, folder: Path) -> list[str]:
+    """A redis-server that keeps what it acknowledged: an append-only file fsynced at every write (a
+    `kill -9` then loses nothing it answered), no RDB snapshots."""
+    return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+
+
+def _start_redis(stack: Stack, redis_url: str, runs_root: Path) -> None:
+    if shutil.which("redis-server") is None:
+        raise LaunchError("redis-server is not installed: apt-get install redis-server (or `make demo`, which "
+                          "installs it), or point LFI_REDIS_URL at a running Redis")
+    port = urlparse(redis_url).port or 6379
     (runs_root / "redis").mkdir(parents=True, exist_ok=True)
-    stack.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                          str(runs_root / "redis"), "--appendonly", "yes", "--save", ""],
-                lambda s: _redis_ok(redis_url), timeout_s=20)
+    stack.start("redis", redis_argv(port, runs_root / "redis"), lambda s: _redis_ok(redis_url), timeout_s=30)
 
 
 def _start_services(stack: Stack, host: str, teacher_port: int, dashboard_port: int, workers: int,

@@ -12,6 +12,17 @@ from shared.settings import Settings, get_settings
 
 TRAIN_TASK = "student.train"
 TRAIN_QUEUE = "student"
+# The Redis transport keeps one list per priority step (0, 3, 6, 9; the queue's own name for 0) and a
+# worker takes from step 0 first. New jobs go to step 3; a job resumed after its worker died, or whose
+# message was lost, goes to step 0: it resumes on the next free worker, not behind every waiting job.
+NEW_JOB_PRIORITY = 3
+RESUME_PRIORITY = 0
+PRIORITY_SEPARATOR = "\x06\x16"  # kombu's: list `student\x06\x163` holds step 3
+
+
+def queue_lists(queue: str = TRAIN_QUEUE) -> list[str]:
+    """The Redis lists that hold `queue`'s waiting messages, one per priority step."""
+    return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in (3, 6, 9)]
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

@@ -39,6 +39,7 @@ JOB_PREFIX = "lfi:job:"
 JOB_INDEX = "lfi:jobs"
 ACTIVE_JOBS = "lfi:jobs:active"
 EVENTS_MAXLEN = 20_000
+PATIENT_WAIT_S = 120.0  # how long a worker waits out a Redis restart before a store call fails
 
 
 class JobStatus(StrEnum):
@@ -145,8 +146,19 @@ class JobStore:
         self.redis = client
 
     @classmethod
-    def from_url(cls, url: str) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True))
+    def from_url(cls, url: str, patient: bool = False) -> JobStore:
+        """`patient`: every command retries, with backoff, for about `PATIENT_WAIT_S` while Redis is
+        unreachable or still loading its append-only file. Workers use it, so a Redis restart pauses
+        training instead of failing it; the dashboard does not (it answers 503 at once)."""
+        if not patient:
+            return cls(redis.Redis.from_url(url, decode_responses=True))
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=int(PATIENT_WAIT_S / 2))
+        return cls(redis.Redis.from_url(url, decode_responses=True, retry=retry, socket_connect_timeout=2,
+                                        retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                                                        redis.exceptions.BusyLoadingError]))
 
     # -- records -----------------------------------------------------------------------------------
     @staticmethod
@@ -185,20 +197,50 @@ class JobStore:
         if encoded:
             self.redis.hset(self.key(job_id), mapping=encoded)
 
-    def set_status(self, job_id: str, status: JobStatus, **fields: Any) -> None:
-        """Move a job to `status`; a job already in a terminal state stays there."""
-        current = self.get(job_id)["status"]
-        if JobStatus(current).terminal:
-            return
-        if status == JobStatus.running and "started_at" not in self.redis.hkeys(self.key(job_id)):
-            fields.setdefault("started_at", now_iso())
+    # One step, so that two writers cannot interleave a read and a write: a cancel racing a finish or a
+    # reclaim, a worker's "running" racing a reclaim's "queued". KEYS: record, active set, events,
+    # lease. ARGV: status, terminal?, event JSON, events maxlen, allowed-from (comma list, "" = any
+    # non-terminal), only-if-no-lease?, started_at, then field/value pairs. Returns the status before,
+    # or an error string starting with "-" when the move was refused.
+    _SET_STATUS = """
+    local current = redis.call('hget', KEYS[1], 'status')
+    if not current then return '-missing' end
+    if current == 'succeeded' or current == 'failed' or current == 'cancelled' then return '-terminal:' .. current end
+    if ARGV[5] ~= '' and not string.find(',' .. ARGV[5] .. ',', ',' .. current .. ',', 1, true) then
+        return '-from:' .. current
+    end
+    if ARGV[6] == '1' and redis.call('exists', KEYS[4]) == 1 then return '-leased' end
+    if ARGV[1] == 'running' and redis.call('hexists', KEYS[1], 'started_at') == 0 then
+        redis.call('hset', KEYS[1], 'started_at', ARGV[7])
+    end
+    redis.call('hset', KEYS[1], 'status', ARGV[1])
+    for i = 8, #ARGV, 2 do redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    if ARGV[2] == '1' then redis.call('srem', KEYS[2], string.match(KEYS[1], '[^:]+$')) end
+    if current ~= ARGV[1] then
+        redis.call('xadd', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'data', ARGV[3])
+    end
+    return current
+    """
+
+    def set_status(self, job_id: str, status: JobStatus, *, only_from: set[JobStatus] | None = None,
+                   only_if_unleased: bool = False, **fields: Any) -> bool:
+        """Move a job to `status` in one atomic step. A job in a terminal state stays there; with
+        `only_from`, only a job in one of those states moves; with `only_if_unleased`, only a job no
+        worker holds. True when the job moved (or already was in `status`)."""
         if status.terminal:
             fields.setdefault("finished_at", now_iso())
-            self.redis.srem(ACTIVE_JOBS, job_id)
-        self.update(job_id, status=status.value, **fields)
-        if current != status.value:
-            self.event(job_id, {"type": "status", "status": status.value,
-                                **{k: v for k, v in fields.items() if k in ("error", "reason")}})
+        event = {"at": now_iso(), "type": "status", "status": status.value,
+                 **{k: v for k, v in fields.items() if k in ("error", "reason")}}
+        pairs = [x for k, v in fields.items() if v is not None
+                 for x in (k, json.dumps(v) if isinstance(v, dict | list) else str(v))]
+        allowed = ",".join(sorted(s.value for s in only_from)) if only_from else ""
+        key = self.key(job_id)
+        outcome = self.redis.eval(self._SET_STATUS, 4, key, ACTIVE_JOBS, key + ":events", key + ":lease",
+                                  status.value, "1" if status.terminal else "0", json.dumps(event), EVENTS_MAXLEN,
+                                  allowed, "1" if only_if_unleased else "0", now_iso(), *pairs)
+        if outcome == "-missing":
+            raise NotFound(f"no job {job_id!r}")
+        return not str(outcome).startswith("-")
 
     # -- events ------------------------------------------------------------------------------------
     def event(self, job_id: str, event: dict[str, Any]) -> str:
@@ -224,11 +266,13 @@ class JobStore:
 
     # -- cancel ------------------------------------------------------------------------------------
     def request_cancel(self, job_id: str) -> dict[str, Any]:
-        record = self.get(job_id)
+        self.get(job_id)  # NotFound for an unknown id, before any key is written
         self.redis.set(self.key(job_id) + ":cancel", "1")
-        if record["status"] == JobStatus.queued:
-            # not running anywhere: cancelled now; a later delivery sees the status and returns
-            self.set_status(job_id, JobStatus.cancelled, reason="cancelled before it started")
+        # Queued and held by no worker: cancelled now (a later delivery sees the status and returns).
+        # Otherwise its worker sees the flag at its next step, or the next delivery does; the flag is
+        # set first, so whichever way a race with a start or a reclaim goes, the cancel is not lost.
+        self.set_status(job_id, JobStatus.cancelled, only_from={JobStatus.queued}, only_if_unleased=True,
+                        reason="cancelled before it started")
         return self.get(job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -276,6 +320,36 @@ class JobStore:
                 found.append(job_id)
         return found
 
+    def waiting_in_broker(self, queue: str) -> set[str]:
+        """Job ids with a message waiting in the Celery queue `queue` (Redis transport: a list of JSON
+        messages per priority step, whose `argsrepr` header names the job). A message a worker has taken
+        is not here."""
+        from shared.celery_config import queue_lists
+
+        found: set[str] = set()
+        for raw in (raw for name in queue_lists(queue) for raw in self.redis.lrange(name, 0, -1)):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                found.update(re.findall(r"[0-9a-f]{16}", json.loads(raw)["headers"]["argsrepr"]))
+        return found
+
+    def unplaced(self, queue: str) -> list[str]:
+        """Active jobs that no worker holds or names and that have no message waiting: their message was
+        lost (the broker send failed after the record was written, Redis lost its last second, ...).
+        A job a worker is picking up this very moment looks the same: callers wait for it to stay so."""
+        waiting = self.waiting_in_broker(queue)
+        found = []
+        for job_id in self.redis.smembers(ACTIVE_JOBS):
+            raw = self.redis.hgetall(self.key(job_id))
+            if not raw or JobStatus(raw.get("status", "queued")).terminal or raw.get("worker"):
+                continue
+            if job_id not in waiting and not self.redis.exists(self.key(job_id) + ":lease"):
+                found.append(job_id)
+        return found
+
+    def claim_resend(self, job_id: str, hold_s: float) -> bool:
+        """Only one worker re-sends a given lost message (and not again while that one is on its way)."""
+        return bool(self.redis.set(self.key(job_id) + ":resend", "1", nx=True, px=int(hold_s * 1000)))
+
     def claim_reclaim(self, job_id: str, lease_s: float) -> bool:
         """Only one worker re-queues a given orphan (and not again while that message is on its way)."""
         return bool(self.redis.set(self.key(job_id) + ":reclaim", "1", nx=True, px=int(lease_s * 4000)))
@@ -298,9 +372,9 @@ def _decode_record(raw: dict[str, str]) -> dict[str, Any]:
 
 def submit_job(store: JobStore, celery_app, spec: JobSpec, data_root: Path) -> dict[str, Any]:
     """Validate, record, and queue by task name. Returns the job record."""
-    from shared.celery_config import TRAIN_TASK
+    from shared.celery_config import NEW_JOB_PRIORITY, TRAIN_TASK
 
     check_spec(spec, data_root)
     record = store.create(spec)
-    celery_app.send_task(TRAIN_TASK, args=[record["id"]])
+    celery_app.send_task(TRAIN_TASK, args=[record["id"]], priority=NEW_JOB_PRIORITY)
     return record

@@ -88,7 +88,9 @@ def run_job(job_id: str, store: JobStore, settings: Settings, worker: str | None
             store.set_status(job_id, JobStatus.failed, error=f"the job's worker died {starts - 1} times "
                              f"(last at step {record.get('global_step', 0)}); see the worker logs")
             return "failed"
-        store.set_status(job_id, JobStatus.running)
+        if not store.set_status(job_id, JobStatus.running):  # cancelled (or finished) since it was read
+            log.info("job %s ended before it started here; delivery dropped", job_id)
+            return "finished-already"
         store.event(job_id, {"type": "started", "worker": worker, "attempt": starts})
         try:
             outcome = _train(job_id, record, store, settings, lease)
@@ -118,7 +120,7 @@ def _train(job_id: str, record: dict[str, Any], store: JobStore, settings: Setti
     run_dir = Path(settings.runs_root) / job_id
     trainer = Trainer(config, discover(dataset, spec.eval_domains), run_dir, map_source=map_source,
                       should_stop=should_stop)
-    trainer.progress = JobProgress(store, job_id, trainer)
+    trainer.progress = JobProgress(store, job_id, trainer, lease.worker)
     store.update(job_id, run_dir=str(run_dir), total_steps=trainer.total_steps)
     try:
         result = trainer.run()
@@ -169,12 +171,13 @@ def _map_source(config: TrainConfig, store: JobStore, job_id: str, settings: Set
 class JobProgress:
     """The trainer's events, written to the job's record and event stream.
 
-    Each epoch is announced once, even across a resume: the record keeps `epochs_reported`, and a
-    resumed run announces the finished epochs of its checkpoint that the dead worker had not.
+    Step events name the worker that took them. Each epoch is announced once, even across a resume:
+    the record keeps `epochs_reported`, and a resumed run announces the finished epochs of its
+    checkpoint that the dead worker had not.
     """
 
-    def __init__(self, store: JobStore, job_id: str, trainer: Trainer) -> None:
-        self.store, self.job_id, self.trainer = store, job_id, trainer
+    def __init__(self, store: JobStore, job_id: str, trainer: Trainer, worker: str = "") -> None:
+        self.store, self.job_id, self.trainer, self.worker = store, job_id, trainer, worker
         self.reported = int(store.get(job_id).get("epochs_reported", 0))
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -183,7 +186,8 @@ class JobProgress:
             fraction = event["global_step"] / max(1, event["total_steps"])
             self.store.update(self.job_id, progress=round(fraction, 5), global_step=event["global_step"],
                               epoch=event["epoch"])
-            self.store.event(self.job_id, event)
+            # who took the step: two workers' steps interleaving in time would mean the job ran twice
+            self.store.event(self.job_id, {**event, "worker": self.worker})
         elif kind == "epoch":
             self._epoch(event)
         elif kind == "checkpoint":
@@ -217,10 +221,40 @@ def reclaim_orphans(store: JobStore, settings: Settings, send: Callable[[str], o
     for job_id in store.orphans():
         if not store.claim_reclaim(job_id, settings.job_lease_s):
             continue
-        store.update(job_id, worker="")
-        store.set_status(job_id, JobStatus.queued, reason="worker lost; resuming from the last checkpoint")
+        # atomic with the check that nobody holds it: a worker that just took it keeps it
+        if not store.set_status(job_id, JobStatus.queued, only_if_unleased=True, worker="",
+                                reason="worker lost; resuming from the last checkpoint"):
+            continue
         store.event(job_id, {"type": "requeued", "reason": "lease expired"})
         send(job_id)
         requeued.append(job_id)
         log.warning("job %s lost its worker; queued again", job_id)
     return requeued
+
+
+class LostMessages:
+    """Re-sends the message of a job that has none: active, held and named by no worker, and not waiting
+    in the broker, in every scan for at least `grace_s` (a job being picked up is in none of those
+    places for a moment). A re-send that turns out to be a duplicate is harmless: the job lease lets
+    one delivery train and drops the rest."""
+
+    def __init__(self, grace_s: float, queue: str) -> None:
+        self.grace_s, self.queue = grace_s, queue
+        self.first_seen: dict[str, float] = {}
+
+    def __call__(self, store: JobStore, send: Callable[[str], object], now: float) -> list[str]:
+        missing = set(store.unplaced(self.queue))
+        self.first_seen = {j: self.first_seen.get(j, now) for j in missing}
+        resent = []
+        for job_id, since in self.first_seen.items():
+            if now - since < self.grace_s or not store.claim_resend(job_id, self.grace_s):
+                continue
+            if not store.set_status(job_id, JobStatus.queued, only_if_unleased=True, reason="message lost; sent again"):
+                continue  # a worker took it, or it ended, since the scan
+            store.event(job_id, {"type": "resent", "reason": "no message in the broker and no worker"})
+            send(job_id)
+            resent.append(job_id)
+            log.warning("job %s had no message in the broker; sent again", job_id)
+        for job_id in resent:
+            self.first_seen.pop(job_id)
+        return resent

@@ -1,11 +1,13 @@
 """End to end, the way a new user meets it: `lfi up --demo` from a clean copy of the checkout brings
-up Redis, the teacher, a worker and the dashboard; a ViT and an I-ViT job finish; the dashboard's API
+up its own Redis (append-only, under the runs folder: no LFI_REDIS_URL is given), the teacher, a
+worker and the dashboard; a ViT and an I-ViT job finish; the dashboard's API
 shows both with metrics; Ctrl-C stops everything and leaves no process and no port behind.
 The services are the same `lfi` commands docker-compose.yml runs (tests/e2e/test_compose.py)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -58,9 +60,9 @@ def test_lfi_up_demo_runs_both_jobs_and_stops_cleanly(tmp_path):
         pytest.skip("redis-server is not installed")
     checkout = _clean_copy(tmp_path / "checkout")
     state = tmp_path / "state"
-    ports = {"redis": free_port(), "teacher": free_port(), "dashboard": free_port()}
+    ports = {"teacher": free_port(), "dashboard": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("LFI_")}
-    env.update({"LFI_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0", "LFI_DATA_ROOT": str(state / "data"),
+    env.update({"LFI_DATA_ROOT": str(state / "data"),
                 "LFI_RUNS_ROOT": str(state / "runs"), "LFI_CACHE_DIR": str(state / "cache"),
                 "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"})
     log = (tmp_path / "up.log").open("wb")
@@ -74,6 +76,10 @@ def test_lfi_up_demo_runs_both_jobs_and_stops_cleanly(tmp_path):
         wait_for(lambda: launcher.poll() is None and key_file.exists() and _listening(ports["dashboard"]), 300,
                  "the dashboard of lfi up")
         auth = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
+        # its own Redis (no LFI_REDIS_URL given), named in the summary printed once every service is up
+        redis_url = wait_for(lambda: re.search(r"redis\s+(redis://\S+)", (tmp_path / "up.log").read_text()), 60,
+                             "the Redis URL in lfi up's summary")
+        ports["redis"] = int(redis_url.group(1).rsplit(":", 1)[1].split("/")[0])
 
         def both_done():
             jobs = httpx.get(dashboard + "/jobs", headers=auth, timeout=5).json()["jobs"]
@@ -99,6 +105,7 @@ def test_lfi_up_demo_runs_both_jobs_and_stops_cleanly(tmp_path):
             raise
         log.close()
     assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert list((state / "runs" / "redis").glob("appendonly*")), "no append-only file under runs/redis"
     time.sleep(0.5)
     assert [name for name, port in ports.items() if _listening(port)] == []
     assert _processes_in(checkout) == []

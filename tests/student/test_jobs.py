@@ -232,3 +232,59 @@ def test_lfi_train_without_redis_says_so(tmp_path, data_root):
     result = subprocess.run([sys.executable, "-m", "services.cli", "train", str(spec)], capture_output=True,
                             text=True, env=env, timeout=60)
     assert result.returncode == 1 and "unreachable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_job_whose_message_was_lost_is_sent_again_and_runs_once(stack):
+    """The record is written but the broker never got the message (the sender died in between)."""
+    _, store, start_worker, _ = stack
+    start_worker("w1")
+    spec = JobSpec(dataset="small", model="vit-tiny", student="vit", epochs=1, batch_size=8, team="alpha")
+    job_id = store.create(spec)["id"]  # no send_task: the message is lost
+    record = _wait_status(store, job_id, {"succeeded", "failed"})
+    assert record["status"] == "succeeded", record.get("error")
+    assert record["starts"] == 1
+    assert len(_events(store, job_id, "resent")) == 1
+
+
+def test_a_redis_restart_mid_job_costs_at_most_the_steps_since_the_checkpoint(tmp_path, data_root):
+    """Redis (append-only, as `lfi up` runs it) is killed -9 mid-job and restarted 3 s later: the worker
+    waits it out and the job finishes, each epoch announced once, at most `checkpoint_every` steps redone."""
+    from tests.support.processes import RedisServer
+
+    (tmp_path / "redis").mkdir()
+    redis_server = RedisServer(tmp_path / "redis", persistent=True).start()
+    env = {"LFI_REDIS_URL": redis_server.url, "LFI_DATA_ROOT": str(data_root), "LFI_RUNS_ROOT": str(tmp_path / "runs"),
+           "LFI_JOB_LEASE_S": "10", "LFI_JOB_RECLAIM_INTERVAL_S": "1", "HF_HUB_OFFLINE": "1"}
+    worker = CeleryWorker("w1", env, tmp_path / "worker.log").start()
+    settings = Settings(redis_url=redis_server.url, data_root=data_root, runs_root=tmp_path / "runs")
+    store = JobStore.from_url(redis_server.url, patient=True)
+    try:
+        job_id = _submit(settings, store, dataset="medium", student="vit", checkpoint_every=5)
+        wait_for(lambda: store.get(job_id).get("global_step", 0) >= 7, 180, "step 7")
+        redis_server.kill()
+        time.sleep(3)
+        redis_server.start()
+        record = _wait_status(store, job_id, {"succeeded", "failed", "cancelled"}, timeout_s=300)
+        assert record["status"] == "succeeded", record.get("error")
+        steps = [e["global_step"] for e in _events(store, job_id, "step")]
+        assert set(steps) == set(range(1, 41))  # 20 steps an epoch, 2 epochs, none missing
+        assert len(steps) - len(set(steps)) <= 5
+        assert [e["epoch"] for e in _events(store, job_id, "epoch")] == [1, 2]
+    finally:
+        worker.stop()
+        redis_server.kill()
+
+
+def test_a_resumed_job_goes_ahead_of_the_jobs_waiting(stack):
+    """New jobs wait at priority step 3; a reclaimed or re-sent one is sent at step 0 and is taken first."""
+    from shared.celery_config import RESUME_PRIORITY, TRAIN_TASK
+
+    settings, store, start_worker, _ = stack
+    new = [_submit(settings, store, student="vit", epochs=1) for _ in range(2)]
+    resumed = store.create(JobSpec(dataset="small", model="vit-tiny", student="vit", epochs=1, batch_size=8,
+                                   team="alpha"))["id"]
+    make_celery(settings).send_task(TRAIN_TASK, args=[resumed], priority=RESUME_PRIORITY)
+    start_worker("w1")
+    records = [_wait_status(store, job_id, {"succeeded", "failed"}) for job_id in [resumed, *new]]
+    assert all(r["status"] == "succeeded" for r in records), [r.get("error") for r in records]
+    assert records[0]["started_at"] < min(r["started_at"] for r in records[1:])

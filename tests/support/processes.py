@@ -55,13 +55,15 @@ async def wait_for_async(predicate, timeout_s: float, what: str, interval_s: flo
 
 
 class RedisServer:
-    """A private redis-server we can kill and restart on the same port."""
+    """A private redis-server we can kill and restart on the same port. `persistent`: with the flags
+    `lfi up` uses (append-only file, fsync always), so a restart keeps what was written."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.port = free_port()
         self.workdir = workdir
+        self.persistent = persistent
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -69,11 +71,12 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        from services.launcher import redis_argv
+
+        argv = (redis_argv(self.port, self.workdir) if self.persistent else
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(self.workdir)])
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: _ping(self.port), 10, "redis-server")
         return self
 

@@ -121,3 +121,35 @@ def test_a_request_whose_client_left_never_reaches_the_gpu(teacher):
     stats = httpx.get(server.url + "/stats", headers=ADMIN, timeout=10).json()
     assert stats["dropped"] >= 1, stats
     assert maps_computed(server.url) == FLOOD  # the flood only: the abandoned request was never computed
+
+
+WEIGHTS = {"alpha": 2, "beta": 1, "tight": 1}
+PER_TEAM = 32  # four batches of 8 each: every team keeps more waiting than a batch holds
+
+
+def test_weights_two_one_one_share_the_contested_slots_fifty_twenty_five_twenty_five(teacher):
+    """Three teams with weights 2:1:1 flood the teacher at once; counted over the batches formed while
+    all three had work waiting, their shares of the slots are 0.50/0.25/0.25 within 5 points."""
+    server = teacher(extra_args=["--max-batch-size", "8", "--max-wait-ms", "5", "--request-timeout-s", "1200"],
+                     teams_overrides={team: {"weight": w} for team, w in WEIGHTS.items()})
+    skip = httpx.get(server.url + "/stats", headers=ADMIN, timeout=10).json()["batches"]["count"]
+
+    async def flood() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=4 * PER_TEAM, max_keepalive_connections=4 * PER_TEAM)
+        async with httpx.AsyncClient(timeout=1200, limits=limits) as client:
+            return await asyncio.gather(*(client.post(
+                server.url + "/interactions", headers={"Authorization": f"Bearer {TEAM_KEYS[team]}"},
+                json={"image": base64.b64encode(_png(50_000 + 1000 * t + i)).decode(), "label": "dog",
+                      "priority": "bulk"}) for t, team in enumerate(WEIGHTS) for i in range(PER_TEAM)))
+
+    responses = asyncio.run(flood())
+    assert all(r.status_code == 200 for r in responses), [r.text[:200] for r in responses if r.status_code != 200][:3]
+    batches = httpx.get(server.url + "/stats", params={"recent": 2048}, headers=ADMIN,
+                        timeout=10).json()["batches"]["recent"][skip:]
+    contested = [b for b in batches if set(WEIGHTS) <= set(b["backlogged"])]
+    assert len(contested) >= 5, batches
+    slots = sum(b["size"] for b in contested)
+    shares = {team: sum(b["teams"].get(team, 0) for b in contested) / slots for team in WEIGHTS}
+    print(f"shares over {len(contested)} contested batches: {shares}")
+    for team, weight in WEIGHTS.items():
+        assert abs(shares[team] - weight / 4) <= 0.05, shares
