@@ -91,7 +91,8 @@ class JobSpec(BaseModel):
     align_heads: AlignHeadsName = Field("mean", description="Align the heads' mean attention, or every head.")
     kl_direction: KLDirectionName = Field("target-first", description="target-first: KL(C_VLM || C_AGT); "
                                           "model-first (the paper's): KL(C_AGT || C_VLM), needs kl_smoothing > 0.")
-    kl_smoothing: float = Field(0.0, ge=0, lt=1, description="C_VLM mixed with uniform by this weight.")
+    kl_smoothing: float = Field(0.0, ge=0, lt=1, validate_default=True,
+                                description="C_VLM mixed with uniform by this weight (model-first needs > 0).")
     min_crop_mass: float = Field(0.25, ge=0, le=1, description="A random crop keeping less of a map's mass than "
                                  "this adds no alignment term for that image.")
     eval_domains: list[str] = Field(default_factory=list, max_length=32)

@@ -164,10 +164,25 @@ def test_bad_specs_are_refused_at_queue_time(stack, fields, message):
 
 
 @pytest.mark.parametrize("fields", [{"lr": -0.1}, {"model": "vit-huge"}, {"epochs": 0}, {"colour": "red"},
-                                    {"eval_domains": ["../x"]}, {"align_layers": []}, {"align_layers": [-1]}])
+                                    {"eval_domains": ["../x"]}, {"align_layers": []}, {"align_layers": [-1]},
+                                    {"align_layers": [4]}, {"model": "vit-s16", "align_layers": [0, 12]},
+                                    {"weight_decay": -0.1}, {"warmup_steps": -1}, {"align_rows": "diagonal"},
+                                    {"align_heads": "some"}, {"kl_direction": "sideways"},
+                                    {"kl_direction": "model-first"}, {"kl_smoothing": 1.0}, {"min_crop_mass": 1.5}])
 def test_invalid_spec_fields_are_rejected(fields):
     with pytest.raises(ValidationError):
         JobSpec(dataset="small", **fields)
+
+
+def test_the_recipe_fields_have_the_trainers_defaults_and_accept_the_papers_choices():
+    spec = JobSpec(dataset="small")
+    assert (spec.weight_decay, spec.warmup_steps, spec.align_rows, spec.align_heads, spec.kl_direction,
+            spec.kl_smoothing, spec.min_crop_mass) == (0.05, None, "cls", "mean", "target-first", 0.0, 0.25)
+    paper = JobSpec(dataset="small", epochs=50, init="vit-s16-pretrained", kl_direction="model-first",
+                    kl_smoothing=0.1, align_layers=[0, 11], model="vit-s16", warmup_steps=0)
+    assert paper.kl_direction == "model-first" and paper.align_layers == [0, 11]
+    # a pretrained init brings its own depth: its layers are checked when the model is loaded
+    assert JobSpec(dataset="small", init="some/hub-vit", align_layers=[30]).align_layers == [30]
 
 
 def test_lfi_train_refuses_a_bad_spec_with_the_reason(tmp_path, data_root):
