@@ -28,7 +28,7 @@ def tinyimagenet(tmp_path):
         for i in range(2):
             _png(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", i)
         (root / "train" / wnid / f"{wnid}_boxes.txt").write_text(f"{wnid}_0.JPEG\t0\t0\t8\t8\n")
-    for i, wnid in enumerate(wnids):
+    for i in range(len(wnids)):
         _png(root / "val" / "images" / f"val_{i}.JPEG", 10 + i)
     (root / "val" / "val_annotations.txt").write_text(
         "".join(f"val_{i}.JPEG\t{wnid}\t0\t0\t8\t8\n" for i, wnid in enumerate(wnids)))

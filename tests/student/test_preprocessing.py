@@ -45,7 +45,7 @@ def test_half_and_half_only_when_nothing_says_otherwise(tmp_path):
 def test_a_broken_config_is_an_error_naming_the_file(tmp_path, processor):
     folder = _checkpoint(tmp_path / "broken")
     (folder / "preprocessor_config.json").write_text(json.dumps(processor))
-    with pytest.raises(ValueError, match="preprocessor_config.json"):
+    with pytest.raises(ValueError, match=r"preprocessor_config\.json"):
         normalisation_for(str(folder))
 
 
