@@ -81,6 +81,9 @@ def test_a_job_runs_end_to_end_with_a_complete_record(stack):
     assert [e["epoch"] for e in _events(store, job_id, "epoch")] == [1, 2]
     metrics = store.metrics(job_id)
     assert len(metrics["steps"]) == 8 and all(s["align_loss"] > 0 for s in metrics["steps"])
+    # what the dashboard charts: images per epoch that added no alignment term, by reason
+    assert all({"maps_degenerate", "maps_missing", "maps_weak_crop"} <= set(e) for e in metrics["epochs"])
+    assert record["metrics"]["maps_missing"] == 0
 
 
 def test_kill_9_mid_job_resumes_from_the_checkpoint_on_another_worker(stack):
