@@ -212,12 +212,12 @@ def test_lfi_train_queues_and_follows_a_job_to_the_end(stack, tmp_path):
 
 
 def test_a_job_trains_from_an_exported_map_store_with_the_teacher_stopped(stack):
-    from services.teacher.serving.bulk import BulkOptions, precompute
+    from services.student.precompute import MapsOptions, precompute_dataset
     from shared.teacher_client import TeacherClient
 
     settings, store, start_worker, server = stack
-    report = precompute(TeacherClient(server.url, TEAM_KEYS["alpha"]), settings.data_root / "small" / "train",
-                        BulkOptions(), export=settings.data_root / "small-maps")
+    report = precompute_dataset(TeacherClient(server.url, TEAM_KEYS["alpha"]), settings.data_root / "small" / "train",
+                                MapsOptions(), export=settings.data_root / "small-maps")
     assert report.exported == 32
     server.stop()
     start_worker("w1")
