@@ -71,11 +71,13 @@ def _top_folders(root: Path) -> list[str]:
 
 
 def _is_one_split(root: Path, paths: list[Path]) -> bool:
-    """Class folders right under `root` (not domains of class folders): words.txt names them, or every image
-    lies directly in one (a domain layout has images two folders down)."""
+    """Class folders right under `root` (not domains of class folders): words.txt names them, each holds only
+    TinyImageNet's `images/` folder, or every image lies directly in one (a domain layout has them two down)."""
     words = read_words(root) or read_words(root.parent)
     folders = _top_folders(root)
     if folders and words and all(f in words for f in folders):
+        return True
+    if folders and all(_top_folders(root / f) == ["images"] for f in folders):
         return True
     return bool(paths) and all(len(p.relative_to(root).parts) == 2 for p in paths)
 

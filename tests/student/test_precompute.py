@@ -62,6 +62,17 @@ def test_tinyimagenet_train_folder_alone_gets_the_same_words_and_student_paths(t
     assert listing.unlabelled == []
 
 
+def test_tinyimagenet_train_folder_without_words_takes_wnids_never_images(tinyimagenet, tmp_path):
+    copy = tmp_path / "copied-train"
+    for image in (tinyimagenet / "train").rglob("*.JPEG"):
+        target = copy / image.relative_to(tinyimagenet / "train")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(image.read_bytes())
+    listing = dataset_images(copy)
+    assert listing.vocabulary == ["n01443537", "n02123045", "n03992509"] and len(listing.images) == 6
+    assert {image.word for image in listing.images} == set(listing.vocabulary)
+
+
 def test_class_per_folder_takes_folder_names(synth_small):
     listing = dataset_images(synth_small / "train")
     assert listing.vocabulary == ["circle", "cross", "square", "triangle"]
