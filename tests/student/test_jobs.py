@@ -229,9 +229,15 @@ def test_a_job_trains_from_an_exported_map_store_with_the_teacher_stopped(stack)
 
 
 def test_a_failing_job_says_why_in_its_record_and_the_worker_goes_on(stack):
+    from transformers import ViTForImageClassification
+
+    from services.student.model_config import student_config
+
     settings, store, start_worker, _ = stack
+    ViTForImageClassification(student_config("vit-tiny", 4, "off")).save_pretrained(settings.data_root / "vit-init")
     start_worker("w1")
-    bad = _submit(settings, store, align_layers=[99])  # valid spec, but vit-tiny has 4 layers
+    # a valid spec (a pretrained init's depth is known only once loaded), but the checkpoint has 4 layers
+    bad = _submit(settings, store, init="vit-init", align_layers=[99])
     record = _wait_status(store, bad, {"succeeded", "failed"})
     assert record["status"] == "failed"
     assert "align_layers [99] out of range" in record["error"] and "Traceback" in record["traceback"]
