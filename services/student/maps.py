@@ -36,9 +36,9 @@ from shared.schemas import MAX_VOCABULARY
 from shared.teacher_client import TeacherClient, TeacherUnavailable, encode_image
 
 log = logging.getLogger("lfi.student.maps")
+MAX_WORD_CHARS = 64  # shared.schemas.Word: the teacher refuses longer words
 # Per-item answers that mean "not now" rather than "never for this image": wait for them, like a teacher that is down.
 # (engine_error is not among them: an image that breaks the engine would be retried forever)
-MAX_WORD_CHARS = 64  # shared.schemas.Word: the teacher refuses longer words
 TRANSIENT_CODES = {"rate_limited", "quota_exceeded", "unavailable", "timeout"}
 
 
@@ -71,8 +71,7 @@ class MapSource(Protocol):
 
 class TeacherMaps:
     def __init__(self, client: TeacherClient, *, prompt: str | None = None, vocabulary: Sequence[str] | None = None,
-                 cache_dir: Path | None = None,
-                 batch_size: int = 64, on_wait: Callable[[str | None], None] | None = None,
+                 cache_dir: Path | None = None, batch_size: int = 64, on_wait: Callable[[str | None], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, max_backoff_s: float = 10.0) -> None:
         self.client = client
         self.prompt = prompt
