@@ -71,8 +71,9 @@ class MapSource(Protocol):
 
 class TeacherMaps:
     def __init__(self, client: TeacherClient, *, prompt: str | None = None, vocabulary: Sequence[str] | None = None,
-                 cache_dir: Path | None = None, batch_size: int = 64, on_wait: Callable[[str | None], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None, max_backoff_s: float = 10.0) -> None:
+                 cache_dir: Path | None = None, batch_size: int = 64,
+                 on_wait: Callable[[str | None], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                 max_backoff_s: float = 10.0) -> None:
         self.client = client
         self.prompt = prompt
         cleaned = prompt_vocabulary(vocabulary) if vocabulary else None
