@@ -23,28 +23,27 @@ app.command("dashboard")(dashboard)
 
 @app.command("maps")
 def maps(
-    dataset: Path = typer.Argument(..., help="Image folder (one sub-folder per class gives the labels)."),
+    dataset: Path = typer.Argument(..., help="A dataset the student reads (its root, or one folder of class "
+                                            "folders); TinyImageNet's words.txt gives the class words."),
     export: Path = typer.Option(None, help="Also write a portable map store here."),
     grid: str = typer.Option(None, help="Resample to HxW, e.g. 14x14."),
     task: str = typer.Option("classification"),
     prompt: str = typer.Option(None, help="Prompt template id (default per task)."),
-    vocabulary_from_folders: bool = typer.Option(False, help="Let the VLM choose among the folder names."),
+    vocabulary_from_folders: bool = typer.Option(False, help="Let the VLM choose among the class words "
+                                                             "(no forced label; the student forces it)."),
     batch_size: int = typer.Option(32, help="Images per request to the teacher."),
     teacher_url: str = typer.Option(None, help="Default: LFI_TEACHER_URL."),
 ) -> None:
-    """Precompute maps for a folder through the teacher (bulk priority, resumable)."""
+    """Precompute a dataset's maps through the teacher, asked as the student asks (bulk priority, resumable)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from services.teacher.serving.bulk import BulkOptions, find_images, precompute
+    from services.student.data import DatasetError
+    from services.student.precompute import MapsOptions, dataset_images, precompute_dataset
     from shared.settings import get_settings
     from shared.teacher_client import TeacherClient, TeacherUnavailable
 
     console = Console(stderr=True)
-    if not dataset.is_dir():
-        console.print(f"[red]error:[/red] {dataset} is not a folder")
-        raise typer.Exit(2)
-    settings = get_settings()
     parsed_grid = None
     if grid:
         try:
@@ -52,23 +51,28 @@ def maps(
         except ValueError:
             console.print(f"[red]error:[/red] grid {grid!r} must look like 14x14")
             raise typer.Exit(2) from None
-    folders = sorted({p.parent.name for p in find_images(dataset) if p.parent != dataset})
-    options = BulkOptions(task=task, label_from_folder=not vocabulary_from_folders,
-                          vocabulary=folders if vocabulary_from_folders else None, prompt=prompt, grid=parsed_grid,
-                          batch_size=batch_size)
+    try:
+        listing = dataset_images(dataset)
+    except DatasetError as exc:
+        console.print(f"[red]error:[/red] {exc}; give a dataset root or a folder of class folders")
+        raise typer.Exit(2) from None
+    settings = get_settings()
+    options = MapsOptions(task=task, prompt=prompt, grid=parsed_grid, batch_size=batch_size,
+                          choose=vocabulary_from_folders)
     client = TeacherClient(teacher_url or settings.teacher_url, settings.teacher_key)
     columns = (TextColumn("maps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
         with Progress(*columns, console=console) as progress:
-            bar = progress.add_task("maps", total=len(find_images(dataset)))
-            report = precompute(client, dataset, options, export=export,
-                                progress=lambda n: progress.advance(bar, n))
-    except (TeacherUnavailable, RuntimeError) as exc:
+            bar = progress.add_task("maps", total=len(listing.images))
+            report = precompute_dataset(client, dataset, options, export=export, listing=listing,
+                                        progress=lambda n: progress.advance(bar, n))
+    except (TeacherUnavailable, RuntimeError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     finally:
         client.close()
     summary = {"images": report.images, "computed": report.computed, "cached": report.cached,
+               "degenerate": report.degenerate, "unlabelled": report.unlabelled,
                "unreadable": len(report.unreadable), "failed": len(report.failed), "exported": report.exported}
     print(json.dumps(summary))
     for rel, why in report.failed.items():

@@ -30,10 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from shared.errors import InvalidField, NotFound
-from shared.student_names import AblationName, ModelName, StudentKind
+from shared.student_names import (
+    MODEL_DEPTHS,
+    AblationName,
+    AlignHeadsName,
+    AlignRowsName,
+    KLDirectionName,
+    ModelName,
+    StudentKind,
+)
 
 JOB_PREFIX = "lfi:job:"
 JOB_INDEX = "lfi:jobs"
@@ -75,6 +83,19 @@ class JobSpec(BaseModel):
     prompt: str | None = Field(None, max_length=64, description="Teacher prompt template id (default per task).")
     align_layers: list[int] | None = Field(None, max_length=64, description="Student layers aligned (default all).")
     align_weight: float = Field(1.0, ge=0, le=1000)
+    # The recipe (docs/method.md: "The training recipe"): the trainer's defaults, the paper's where it gives one.
+    weight_decay: float = Field(0.05, ge=0, le=10, description="AdamW weight decay.")
+    warmup_steps: int | None = Field(None, ge=0, le=10_000_000,
+                                     description="Linear warmup steps before the cosine decay (default: 5% of all).")
+    align_rows: AlignRowsName = Field("cls", description="Which C_AGT rows meet C_VLM: the CLS row, or the mean "
+                                                         "of the patch rows.")
+    align_heads: AlignHeadsName = Field("mean", description="Align the heads' mean attention, or every head.")
+    kl_direction: KLDirectionName = Field("target-first", description="target-first: KL(C_VLM || C_AGT); "
+                                          "model-first (the paper's): KL(C_AGT || C_VLM), needs kl_smoothing > 0.")
+    kl_smoothing: float = Field(0.0, ge=0, lt=1, validate_default=True,
+                                description="C_VLM mixed with uniform by this weight (model-first needs > 0).")
+    min_crop_mass: float = Field(0.25, ge=0, le=1, description="A random crop keeping less of a map's mass than "
+                                 "this adds no alignment term for that image.")
     eval_domains: list[str] = Field(default_factory=list, max_length=32)
     checkpoint_every: int = Field(50, ge=1, le=1_000_000)
     map_store: str | None = Field(None, max_length=500,
@@ -92,12 +113,24 @@ class JobSpec(BaseModel):
 
     @field_validator("align_layers")
     @classmethod
-    def _non_negative(cls, layers: list[int] | None) -> list[int] | None:
+    def _non_negative(cls, layers: list[int] | None, info: ValidationInfo) -> list[int] | None:
         if layers is not None and not layers:
             raise ValueError("align_layers is empty: omit it to align every layer")
         if layers is not None and any(i < 0 for i in layers):
             raise ValueError("align_layers are layer indices, 0 or more")
+        model, init = info.data.get("model"), info.data.get("init")
+        # a pretrained init brings its own depth, known only once loaded (the trainer checks it then)
+        if layers is not None and model in MODEL_DEPTHS and init == "scratch" and max(layers) >= MODEL_DEPTHS[model]:
+            raise ValueError(f"align_layers {layers} out of range: {model} has layers 0..{MODEL_DEPTHS[model] - 1}")
         return layers
+
+    @field_validator("kl_smoothing")
+    @classmethod
+    def _smoothing_for_model_first(cls, smoothing: float, info: ValidationInfo) -> float:
+        if info.data.get("kl_direction") == "model-first" and smoothing <= 0:
+            raise ValueError("kl_direction 'model-first' needs kl_smoothing > 0: C_VLM has exact zeros, "
+                             "so KL(C_AGT || C_VLM) is infinite without it (e.g. 0.1)")
+        return smoothing
 
 
 def resolve_dataset(dataset: str, data_root: Path, field: str = "dataset") -> Path:

@@ -1,8 +1,10 @@
 """A portable map store: sharded safetensors files indexed by cache key.
 
 Written by `lfi maps --export`, read by a student that trains without the
-teacher running. Layout: `index.json` (keys -> shard, images -> keys, model)
-and `maps-00000.safetensors`, ... each holding float16 maps named by key.
+teacher running. Layout: `index.json` (keys -> shard, images -> keys, model, the keys
+the teacher flagged degenerate) and `maps-00000.safetensors`, ... each holding float16
+maps named by key. Image paths are relative to the dataset root (what the student's
+`Sample.rel` is), or to the split folder `lfi maps` was pointed at.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ class MapStoreWriter:
         self._pending: dict[str, np.ndarray] = {}
         self.keys: dict[str, str] = {}  # key -> shard file
         self.images: dict[str, str] = {}  # image path (relative) -> key
+        self.degenerate: set[str] = set()  # keys whose map the teacher flagged degenerate (a uniform fallback)
         self._shards = 0
 
-    def add(self, key: str, values: np.ndarray, image: str | None = None) -> None:
+    def add(self, key: str, values: np.ndarray, image: str | None = None, *, degenerate: bool = False) -> None:
         if image is not None:
             self.images[image] = key
+        if degenerate:
+            self.degenerate.add(key)
         if key in self.keys or key in self._pending:
             return
         self._pending[key] = np.ascontiguousarray(values, dtype=np.float16)
@@ -48,8 +53,8 @@ class MapStoreWriter:
 
     def close(self) -> Path:
         self._flush()
-        index = {"format": "lfi-mapstore", "version": 1, "model": self.model, "keys": self.keys,
-                 "images": self.images}
+        index = {"format": "lfi-mapstore", "version": 2, "model": self.model, "keys": self.keys,
+                 "images": self.images, "degenerate": sorted(self.degenerate)}
         (self.folder / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
         return self.folder
 
@@ -66,6 +71,8 @@ class MapStore:
         self.model = index.get("model")
         self.keys: dict[str, str] = index["keys"]
         self.images: dict[str, str] = index["images"]
+        # version 1 stores did not record it: their degenerate maps read as the uniform maps they hold
+        self.degenerate: set[str] = set(index.get("degenerate", []))
         self._open: dict[str, object] = {}
 
     def __len__(self) -> int:

@@ -37,6 +37,20 @@ _JOBS = """<main>
  <label>held-out domains <input name="eval_domains" placeholder="shifted"></label>
  <label>checkpoint every <input name="checkpoint_every" type="number" value="50"></label>
  <label>teacher prompt <input name="prompt" placeholder="default"></label>
+ <details id="recipe" class="recipe"><summary>recipe (defaults; the paper's: 50 epochs from a pretrained init)</summary>
+ <div class="recipe-fields">
+ <label>weight decay <input name="weight_decay" value="0.05"></label>
+ <label>warmup steps <input name="warmup_steps" type="number" placeholder="5% of all steps"></label>
+ <label>align weight <input name="align_weight" value="1.0"></label>
+ <label>aligned layers <input name="align_layers" placeholder="all, or e.g. 0,3"></label>
+ <label>aligned rows <select name="align_rows"><option value="cls">CLS row</option>
+  <option value="mean">mean of patch rows</option></select></label>
+ <label>aligned heads <select name="align_heads"><option>mean</option><option>each</option></select></label>
+ <label>KL direction <select name="kl_direction"><option>target-first</option>
+  <option value="model-first">model-first (paper)</option></select></label>
+ <label>KL smoothing <input name="kl_smoothing" value="0"></label>
+ <label>min crop mass <input name="min_crop_mass" value="0.25"></label>
+ </div></details>
  <button type="submit" id="queue">Queue</button>
 </form><div id="form-errors" class="errors"></div></section>
 <section class="card"><h2>Jobs</h2><table id="jobs"><thead><tr><th></th><th>job</th><th>team</th><th>model</th>
@@ -54,7 +68,8 @@ _JOB = """<main>
 <div class="progress"><div id="job-progress" class="bar"></div></div><div id="job-summary"></div>
 <button id="cancel" hidden>Cancel</button><div id="job-error" class="errors"></div></section>
 <section class="card"><h2>Learning</h2><div class="row"><div id="loss" class="chart half"></div>
-<div id="top1" class="chart half"></div></div></section>
+<div id="top1" class="chart half"></div></div>
+<div id="map-counts" class="chart"></div></section>
 <section class="card"><h2>Gates per layer (g·C_AGT + g·C_VFM)</h2><div id="gates" class="chart"></div></section>
 <section class="card"><h2>Where it looks: C_VLM, C_AGT, C_VFM (CLS row)</h2>
 <label>layer <input id="layer" type="range" min="0" max="0" value="0"> <span id="layer-value">0</span></label>

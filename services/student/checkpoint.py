@@ -1,10 +1,10 @@
 """Checkpoints a run can resume from exactly: weights, optimizer, scheduler and data position.
 
 Layout under the run folder: `checkpoints/step-<n>/` holding `model.safetensors` (every weight),
-`trainer_state.pt` (optimizer and scheduler state, position, metric history) and `config.json`
-(the model config), plus a `checkpoints/latest` file naming the newest complete one. The pointer
-is replaced atomically after the folder is fully written, so a crash mid-write leaves the previous
-checkpoint in charge.
+`trainer_state.pt` (optimizer and scheduler state, position, metric history), `config.json`
+(the model config) and `preprocessor_config.json` (the input normalisation), plus a
+`checkpoints/latest` file naming the newest complete one. The pointer is replaced atomically after
+the folder is fully written, so a crash mid-write leaves the previous checkpoint in charge.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ LATEST = "latest"
 
 
 def save_checkpoint(run_dir: Path, global_step: int, model: torch.nn.Module, state: dict[str, Any],
-                    keep: int = 2) -> Path:
+                    keep: int = 2, extra_files: dict[str, str] | None = None) -> Path:
     root = Path(run_dir) / "checkpoints"
     folder = root / f"step-{global_step:08d}"
     tmp = root / f".tmp-step-{global_step:08d}"
@@ -31,6 +31,8 @@ def save_checkpoint(run_dir: Path, global_step: int, model: torch.nn.Module, sta
     save_file(weights, str(tmp / "model.safetensors"))
     torch.save(state, tmp / "trainer_state.pt")
     (tmp / "config.json").write_text(model.config.to_json_string())
+    for name, text in (extra_files or {}).items():  # e.g. preprocessor_config.json: how inputs were normalised
+        (tmp / name).write_text(text)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     pointer = root / ".latest.tmp"

@@ -47,6 +47,11 @@ class DatasetSplits:
         name = self.classes[index]
         return self.class_words.get(name, name)
 
+    @property
+    def words(self) -> list[str]:
+        """Every class's word, in class order: the vocabulary Prompt 1 lists."""
+        return [self.label_word(i) for i in range(len(self.classes))]
+
 
 class DatasetError(ValueError):
     """The folder is not a dataset this loader understands; the message says what was expected."""
@@ -83,7 +88,7 @@ def _tinyimagenet_val(root: Path, classes: list[str]) -> ImageSet:
     return ImageSet("val", samples)
 
 
-def _words(root: Path) -> dict[str, str]:
+def read_words(root: Path) -> dict[str, str]:
     """TinyImageNet's words.txt: wnid -> first synonym, so the teacher hears 'goldfish', not 'n01443537'."""
     words = root / "words.txt"
     if not words.exists():
@@ -128,4 +133,4 @@ def discover(root: str | Path, eval_domains: list[str] | None = None, *, val_fra
     if not classes or not train.samples:
         raise DatasetError(f"{root}: no training images found (expected one folder per class)")
     heldout = {d: _image_folder(root, root / d, classes, d) for d in eval_domains}
-    return DatasetSplits(root, classes, train, val, heldout, _words(root))
+    return DatasetSplits(root, classes, train, val, heldout, read_words(root))

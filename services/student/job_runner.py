@@ -116,10 +116,10 @@ def _train(job_id: str, record: dict[str, Any], store: JobStore, settings: Setti
     dataset = check_spec(spec, settings.data_root)
     config = TrainConfig.from_spec(spec, init=_resolve_init(spec.init, settings))
     should_stop = partial(_should_stop, store, job_id, lease)
-    map_source = _map_source(config, store, job_id, settings, should_stop) if config.aligned else None
+    data = discover(dataset, spec.eval_domains)
+    map_source = _map_source(config, data.words, store, job_id, settings, should_stop) if config.aligned else None
     run_dir = Path(settings.runs_root) / job_id
-    trainer = Trainer(config, discover(dataset, spec.eval_domains), run_dir, map_source=map_source,
-                      should_stop=should_stop)
+    trainer = Trainer(config, data, run_dir, map_source=map_source, should_stop=should_stop)
     trainer.progress = JobProgress(store, job_id, trainer, lease.worker)
     store.update(job_id, run_dir=str(run_dir), total_steps=trainer.total_steps)
     try:
@@ -147,9 +147,10 @@ def _should_stop(store: JobStore, job_id: str, lease: LeaseKeeper) -> bool:
     return False
 
 
-def _map_source(config: TrainConfig, store: JobStore, job_id: str, settings: Settings,
+def _map_source(config: TrainConfig, class_words: list[str], store: JobStore, job_id: str, settings: Settings,
                 should_stop: Callable[[], bool]) -> MapSource:
-    """An exported map store when the spec names one, else the teacher (waiting, and saying so, while it is down)."""
+    """An exported map store when the spec names one, else the teacher (waiting, and saying so, while it is down),
+    asked with the dataset's class words as the vocabulary."""
     from services.student.maps import StoreMaps, TeacherMaps
     from shared.teacher_client import TeacherClient
 
@@ -164,8 +165,8 @@ def _map_source(config: TrainConfig, store: JobStore, job_id: str, settings: Set
             store.set_status(job_id, JobStatus.waiting_teacher, reason=reason)
 
     client = TeacherClient(settings.teacher_url, settings.teacher_key, max_retries=2)
-    return TeacherMaps(client, prompt=spec.prompt, cache_dir=Path(settings.runs_root) / "map-cache",
-                       on_wait=on_wait, should_stop=should_stop)
+    return TeacherMaps(client, prompt=spec.prompt, vocabulary=class_words,
+                       cache_dir=Path(settings.runs_root) / "map-cache", on_wait=on_wait, should_stop=should_stop)
 
 
 class JobProgress:

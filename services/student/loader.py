@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,12 +22,13 @@ from PIL import Image
 
 from services.student.data import ImageSet
 from services.student.maps import MapRequest, MapSource
-from services.student.transforms import apply_to_image, apply_to_map, full_view, random_resized_view
+from services.student.preprocessing import DEFAULT, Normalisation
+from services.student.transforms import View, apply_to_image, apply_to_map, full_view, random_resized_view
 from shared.errors import LfiError
 from shared.images import decode_image
 
 log = logging.getLogger("lfi.student.loader")
-MEAN = STD = 0.5  # transformers' ViTImageProcessor defaults
+MAP_COUNTS = ("missing", "degenerate", "weak_crop")  # why an image of a batch has no alignment target
 
 
 @dataclass
@@ -38,6 +39,22 @@ class Batch:
     map_valid: torch.Tensor | None  # (B,) bool
     step: int
     skipped: int  # unreadable images dropped from this batch
+    # images without a target, by reason: no map, the teacher flagged it degenerate, the crop kept too little
+    map_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MAP_COUNTS, 0))
+
+
+def normalise(pixels: np.ndarray, normalisation: Normalisation) -> torch.Tensor:
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) float, per channel (x / 255 - mean) / std."""
+    mean = torch.tensor(normalisation.mean).view(1, 3, 1, 1)
+    std = torch.tensor(normalisation.std).view(1, 3, 1, 1)
+    return (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+
+
+def denormalise(pixel_values: torch.Tensor, normalisation: Normalisation) -> np.ndarray:
+    """The inverse of `normalise`, as (B, S, S, 3) uint8 (for pictures)."""
+    mean = torch.tensor(normalisation.mean).view(1, 3, 1, 1)
+    std = torch.tensor(normalisation.std).view(1, 3, 1, 1)
+    return ((pixel_values * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 def epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
@@ -51,7 +68,8 @@ def steps_per_epoch(size: int, batch_size: int) -> int:
 class BatchBuilder:
     def __init__(self, images: ImageSet, *, image_size: int, grid: tuple[int, int], batch_size: int, seed: int,
                  augment: bool, map_source: MapSource | None = None,
-                 label_word: Callable[[int], str] = str) -> None:
+                 label_word: Callable[[int], str] = str, normalisation: Normalisation = DEFAULT,
+                 min_crop_mass: float = 0.0) -> None:
         self.images = images
         self.image_size = image_size
         self.grid = grid
@@ -60,6 +78,8 @@ class BatchBuilder:
         self.augment = augment
         self.map_source = map_source
         self.label_word = label_word
+        self.normalisation = normalisation
+        self.min_crop_mass = min_crop_mass
         self.unreadable: set[str] = set()
 
     def __len__(self) -> int:
@@ -90,20 +110,30 @@ class BatchBuilder:
             views.append(random_resized_view(rng, *image.size) if self.augment else full_view(*image.size))
         pixels = np.stack([apply_to_image(im, v, self.image_size) for im, v in zip(decoded, views, strict=True)]) \
             if decoded else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
-        pixel_values = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0 - MEAN) / STD
+        pixel_values = normalise(pixels, self.normalisation)
         labels = torch.tensor([self.images.samples[i].label for i in kept], dtype=torch.long)
-        maps = valid = None
+        batch = Batch(pixel_values, labels, None, None, step, len(indices) - len(kept))
         if self.map_source is not None:
-            requests = [MapRequest(self.images.samples[i], im, self.label_word(self.images.samples[i].label))
-                        for i, im in zip(kept, decoded, strict=True)]
-            raw = self.map_source.fetch(requests) if requests else []
-            rows = np.zeros((len(kept), self.grid[0] * self.grid[1]), np.float32)
-            for row, values, view, image in zip(rows, raw, views, decoded, strict=True):
-                if values is not None:
-                    row[:] = apply_to_map(values, view, image.size, self.grid).reshape(-1)
-            maps = torch.from_numpy(rows)
-            valid = maps.sum(dim=1) > 0  # missing or degenerate maps add no alignment term
-        return Batch(pixel_values, labels, maps, valid, step, len(indices) - len(kept))
+            self._add_maps(batch, kept, decoded, views)
+        return batch
+
+    def _add_maps(self, batch: Batch, kept: list[int], decoded: list[Image.Image], views: list[View]) -> None:
+        """C_VLM per image on the student's grid; images without a usable target get a zero row, counted."""
+        requests = [MapRequest(self.images.samples[i], im, self.label_word(self.images.samples[i].label))
+                    for i, im in zip(kept, decoded, strict=True)]
+        raw = self.map_source.fetch(requests) if requests else []
+        rows = np.zeros((len(kept), self.grid[0] * self.grid[1]), np.float32)
+        for row, values, view, image in zip(rows, raw, views, decoded, strict=True):
+            if values is None:
+                batch.map_counts["missing"] += 1
+            elif not values.sum() > 0:  # a map source's all-zero map: the teacher flagged it degenerate
+                batch.map_counts["degenerate"] += 1
+            else:
+                row[:] = apply_to_map(values, view, image.size, self.grid,
+                                      min_kept_mass=self.min_crop_mass).reshape(-1)
+                batch.map_counts["weak_crop"] += int(not row.sum() > 0)
+        batch.maps = torch.from_numpy(rows)
+        batch.map_valid = batch.maps.sum(dim=1) > 0  # these images add no alignment term
 
 
 class Prefetcher:

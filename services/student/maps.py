@@ -5,6 +5,14 @@ our own pixels, so a cached map costs neither an upload nor a decode), then with
 for what is missing. Every map is kept in memory and on local disk, so from epoch 2 on no
 request leaves the process. While the teacher is down it waits, says so through `on_wait`,
 and goes on when the teacher is back; it stops waiting only when `should_stop` says so.
+
+Every request forces the image's class word as the foreground (`label`) and sends the dataset's
+class words as the `vocabulary`, so Prompt 1's "choose the foreground word from the list below:"
+lists the classes, as in the paper. `lfi maps` (services/student/precompute.py) asks the same way,
+so its maps are cache hits here.
+
+A map the teacher flags `degenerate` (fore - back <= 0 everywhere; the teacher sends a uniform map)
+is handed on as all zeros: no target, so it adds no alignment term (the loader counts it).
 """
 
 from __future__ import annotations
@@ -24,12 +32,26 @@ from PIL import Image
 from services.student.data import Sample
 from shared.codec import decode_map
 from shared.mapstore import MapStore
+from shared.schemas import MAX_VOCABULARY
 from shared.teacher_client import TeacherClient, TeacherUnavailable, encode_image
 
 log = logging.getLogger("lfi.student.maps")
+MAX_WORD_CHARS = 64  # shared.schemas.Word: the teacher refuses longer words
 # Per-item answers that mean "not now" rather than "never for this image": wait for them, like a teacher that is down.
 # (engine_error is not among them: an image that breaks the engine would be retried forever)
 TRANSIENT_CODES = {"rate_limited", "quota_exceeded", "unavailable", "timeout"}
+
+
+def prompt_vocabulary(words: Sequence[str]) -> tuple[str, ...] | None:
+    """The class words as the teacher's `vocabulary`: stripped, duplicates dropped, order kept (what the teacher
+    keys its cache on, so a key computed here matches). None when the teacher could not take the list
+    (too many words, or a word too long): the label alone is then sent, and the prompt lists nothing."""
+    cleaned = tuple(dict.fromkeys(word.strip() for word in words))
+    if not cleaned or len(cleaned) > MAX_VOCABULARY or any(not 0 < len(w) <= MAX_WORD_CHARS for w in cleaned):
+        log.warning("the %d class words cannot be the teacher's vocabulary (at most %d words of 1..%d "
+                    "characters); maps are asked with the label alone", len(cleaned), MAX_VOCABULARY, MAX_WORD_CHARS)
+        return None
+    return cleaned
 
 
 class Stopped(Exception):
@@ -48,11 +70,14 @@ class MapSource(Protocol):
 
 
 class TeacherMaps:
-    def __init__(self, client: TeacherClient, *, prompt: str | None = None, cache_dir: Path | None = None,
-                 batch_size: int = 64, on_wait: Callable[[str | None], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None, max_backoff_s: float = 10.0) -> None:
+    def __init__(self, client: TeacherClient, *, prompt: str | None = None, vocabulary: Sequence[str] | None = None,
+                 cache_dir: Path | None = None, batch_size: int = 64,
+                 on_wait: Callable[[str | None], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                 max_backoff_s: float = 10.0) -> None:
         self.client = client
         self.prompt = prompt
+        cleaned = prompt_vocabulary(vocabulary) if vocabulary else None
+        self.vocabulary = list(cleaned) if cleaned else None
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.batch_size = batch_size
         self.on_wait = on_wait or (lambda reason: None)
@@ -60,7 +85,8 @@ class TeacherMaps:
         self.max_backoff_s = max_backoff_s
         self._keys: dict[tuple[str, str], str] = {}  # (image rel path, label) -> key: no re-hashing after epoch 1
         self._memory: dict[str, np.ndarray] = {}
-        self.stats = {"memory": 0, "disk": 0, "teacher_cached": 0, "teacher_computed": 0, "failed": 0}
+        self.stats = {"memory": 0, "disk": 0, "teacher_cached": 0, "teacher_computed": 0, "failed": 0,
+                      "degenerate": 0}
 
     def _until_teacher_answers(self, call: Callable[[], object]):
         """Run `call`; while the teacher is unreachable, report it and retry with backoff."""
@@ -91,7 +117,8 @@ class TeacherMaps:
                 raise ValueError(f"the teacher has no prompt {self.prompt!r}; it offers {sorted(prompts)}")
         if key is None:
             key = self._until_teacher_answers(
-                lambda: self.client.key_for(request.image, label=request.label, prompt=self.prompt))
+                lambda: self.client.key_for(request.image, label=request.label, vocabulary=self.vocabulary,
+                                            prompt=self.prompt))
             self._keys[memo] = key
         return key
 
@@ -141,12 +168,13 @@ class TeacherMaps:
                 if "error" in answer:
                     to_compute.append(i)
                 else:
-                    out[i] = decode_map(answer["map"])
+                    out[i] = self._target(answer)
                     self._remember(keys[i], out[i])
                     self.stats["teacher_cached"] += 1
             if not to_compute:
                 continue
             bodies = [{"image": encode_image(requests[i].image), "label": requests[i].label, "priority": "bulk",
+                       **({"vocabulary": self.vocabulary} if self.vocabulary else {}),
                        **({"prompt": self.prompt} if self.prompt else {})} for i in to_compute]
             answers = self._until_teacher_answers(lambda b=bodies: _no_transient_errors(self.client.batch(b)))
             for i, answer in zip(to_compute, answers, strict=True):
@@ -155,10 +183,18 @@ class TeacherMaps:
                     self.stats["failed"] += 1
                     log.warning("no map for %s: %s", requests[i].sample.rel, answer["error"]["message"])
                     continue
-                out[i] = decode_map(answer["map"])
+                out[i] = self._target(answer)
                 self._remember(keys[i], out[i])
                 self.stats["teacher_computed"] += 1
         return [None if v is None else v.astype(np.float32) for v in out]
+
+
+    def _target(self, answer: dict) -> np.ndarray:
+        values = decode_map(answer["map"])
+        if answer.get("degenerate"):
+            self.stats["degenerate"] += 1
+            return np.zeros_like(values)  # the teacher's uniform fallback would teach "look everywhere"
+        return values
 
 
 def _no_transient_errors(answers: list[dict]) -> list[dict]:
@@ -181,10 +217,13 @@ class StoreMaps:
         for request in requests:
             rel = request.sample.rel
             # `lfi maps` may have been pointed at the dataset root or at one split folder below it
-            values = self.store.for_image(rel)
-            if values is None and "/" in rel:
-                values = self.store.for_image(rel.split("/", 1)[1])
+            key = self.store.images.get(rel)
+            if key is None and "/" in rel:
+                key = self.store.images.get(rel.split("/", 1)[1])
+            values = None if key is None else self.store.get(key)
             self.stats["found" if values is not None else "missing"] += 1
+            if values is not None and key in self.store.degenerate:
+                values = np.zeros_like(values)  # flagged by the teacher: no target (see TeacherMaps)
             out.append(values)
         return out
 

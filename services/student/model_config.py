@@ -12,10 +12,19 @@ from typing import Literal
 
 from transformers import ViTConfig
 
-from shared.student_names import ABLATION_NAMES, MODEL_NAMES, STUDENT_KINDS, AblationName, ModelName, StudentKind
+from shared.student_names import (
+    ABLATION_NAMES,
+    MODEL_DEPTHS,
+    MODEL_NAMES,
+    STUDENT_KINDS,
+    AblationName,
+    AlignRowsName,
+    ModelName,
+    StudentKind,
+)
 
 ModeName = Literal["off", "full", "no-constraint", "constraint-on-original", "no-gate"]
-AlignRows = Literal["cls", "mean"]
+AlignRows = AlignRowsName
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,8 @@ def _check_names(table: dict, names: tuple[str, ...], what: str) -> None:
 _check_names(MODEL_SIZES, MODEL_NAMES, "MODEL_SIZES")
 _check_names(ABLATION_MODES, ABLATION_NAMES, "ABLATION_MODES")
 _check_names({"vit": None, "ivit": None}, STUDENT_KINDS, "student kinds")
+if {name: size.layers for name, size in MODEL_SIZES.items()} != MODEL_DEPTHS:
+    raise ImportError(f"MODEL_SIZES' depths differ from shared.student_names.MODEL_DEPTHS {MODEL_DEPTHS}")
 
 
 def interaction_mode(student: StudentKind, ablation: AblationName) -> ModeName:

@@ -28,10 +28,11 @@ from torch.nn import functional as F
 from services.student.alignment import alignment_loss
 from services.student.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from services.student.data import DatasetSplits, ImageSet
-from services.student.loader import MEAN, STD, BatchBuilder, Prefetcher
+from services.student.loader import MAP_COUNTS, BatchBuilder, Prefetcher, denormalise
 from services.student.maps import MapSource
 from services.student.model import IViTForImageClassification, build_student, freeze_original
-from services.student.model_config import MODES, AlignRows, ModeName, interaction_mode
+from services.student.model_config import MODES, ModeName, interaction_mode
+from services.student.preprocessing import PREPROCESSOR_FILE, normalisation_for
 from shared.jobs import JobSpec
 
 log = logging.getLogger("lfi.student.trainer")
@@ -40,18 +41,12 @@ Event = dict[str, Any]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A job spec (model, student, ablation, init, epochs, batch_size, lr, seed, align_layers, align_weight,
-    checkpoint_every: their defaults live in `JobSpec` only) plus the trainer's own settings, which a job
-    cannot set. Build it with `from_spec`."""
+    """A job spec (model, student, ablation, init, the recipe: epochs, batch_size, lr, weight_decay, warmup_steps,
+    align_rows/heads/layers/weight, kl_direction/smoothing, min_crop_mass, ...: their defaults live in `JobSpec`
+    only) plus the trainer's own settings, which a job cannot set. Build it with `from_spec`."""
 
     spec: JobSpec
-    weight_decay: float = 0.05
-    warmup_steps: int | None = None  # default: 5% of all steps
     grad_clip: float = 1.0
-    align_rows: AlignRows = "cls"
-    align_heads: Literal["mean", "each"] = "mean"
-    kl_direction: Literal["target-first", "model-first"] = "target-first"
-    kl_smoothing: float = 0.0
     augment: bool = True
     step_checkpoints: bool = True  # False: checkpoints at epoch ends only (short test and benchmark runs)
     max_steps: int | None = None  # stop early (tests, benchmarks)
@@ -120,9 +115,10 @@ class Trainer:
         random.seed(spec.seed)
         np.random.seed(spec.seed)
         self.model: IViTForImageClassification = build_student(
-            spec.model, len(data.classes), config.mode, init=spec.init, align_rows=config.align_rows)
+            spec.model, len(data.classes), config.mode, init=spec.init, align_rows=spec.align_rows)
         if spec.init != "scratch":
             freeze_original(self.model)
+        self.normalisation = normalisation_for(spec.init)  # what the init checkpoint's layers were trained on
         layers = self.model.config.num_hidden_layers
         if spec.align_layers and max(spec.align_layers) >= layers:
             raise ValueError(f"align_layers {spec.align_layers} out of range: {spec.model} has {layers} layers")
@@ -134,12 +130,13 @@ class Trainer:
         self.train_batches = BatchBuilder(data.train, image_size=size, grid=grid, batch_size=spec.batch_size,
                                           seed=spec.seed, augment=config.augment,
                                           map_source=map_source if config.aligned else None,
-                                          label_word=data.label_word)
+                                          label_word=data.label_word, normalisation=self.normalisation,
+                                          min_crop_mass=spec.min_crop_mass)
         self.steps_per_epoch = len(self.train_batches)
         self.total_steps = spec.epochs * self.steps_per_epoch
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=config.weight_decay)
-        warmup = config.warmup_steps if config.warmup_steps is not None else max(1, self.total_steps // 20)
+        self.optimizer = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=spec.weight_decay)
+        warmup = spec.warmup_steps if spec.warmup_steps is not None else max(1, self.total_steps // 20)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup, self.total_steps))
         self.global_step = 0
         self.epoch = 0
@@ -154,7 +151,9 @@ class Trainer:
                 "history": self.history, "epoch_sums": self._epoch_sums, "config": self.config.as_dict()}
 
     def checkpoint(self) -> Path:
-        folder = save_checkpoint(self.run_dir, self.global_step, self.model, self._state())
+        preprocessor = self.normalisation.preprocessor_config(self.model.config.image_size)
+        folder = save_checkpoint(self.run_dir, self.global_step, self.model, self._state(),
+                                 extra_files={PREPROCESSOR_FILE: json.dumps(preprocessor, indent=1)})
         self.progress({"type": "checkpoint", "global_step": self.global_step, "epoch": self.epoch,
                        "step_in_epoch": self.step_in_epoch, "path": str(folder)})
         return folder
@@ -193,8 +192,8 @@ class Trainer:
                 rows = out.alignment if not spec.align_layers else \
                     [out.alignment[i] for i in sorted(set(spec.align_layers))]
                 align = alignment_loss(rows, batch.maps.to(self.device), batch.map_valid.to(self.device),
-                                       direction=config.kl_direction, heads=config.align_heads,
-                                       smoothing=config.kl_smoothing)
+                                       direction=spec.kl_direction, heads=spec.align_heads,
+                                       smoothing=spec.kl_smoothing)
             loss = task + spec.align_weight * align
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -214,7 +213,8 @@ class Trainer:
             return None
         self.model.eval()
         size = self.model.config.image_size
-        builder = BatchBuilder(images, image_size=size, grid=(1, 1), batch_size=batch_size, seed=0, augment=False)
+        builder = BatchBuilder(images, image_size=size, grid=(1, 1), batch_size=batch_size, seed=0, augment=False,
+                               normalisation=self.normalisation)
         correct = seen = 0
         for step in range(len(builder)):
             batch = builder.build(0, step)
@@ -233,14 +233,15 @@ class Trainer:
         size = self.model.config.image_size
         grid = self.train_batches.grid
         builder = BatchBuilder(subset, image_size=size, grid=grid, batch_size=count, seed=0, augment=False,
-                               map_source=self.train_batches.map_source, label_word=self.data.label_word)
+                               map_source=self.train_batches.map_source, label_word=self.data.label_word,
+                               normalisation=self.normalisation)
         batch = builder.build(0, 0) if len(subset) else None
         if batch is None or not len(batch.labels):
             return {"grid": list(grid), "samples": []}
         self.model.eval()
         out = self.model.forward_interactions(batch.pixel_values.to(self.device), cls_rows=True)
         logits, rows = out.logits, out.cls_rows
-        pixels = ((batch.pixel_values * STD + MEAN).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        pixels = denormalise(batch.pixel_values, self.normalisation)
         samples = []
         for i in range(len(batch.labels)):
             has_map = batch.maps is not None and bool(batch.map_valid[i])
@@ -268,8 +269,10 @@ class Trainer:
         return path
 
     # -- the loop ----------------------------------------------------------------------------------
-    def _accumulate(self, step: dict[str, float], waited: float, seconds: float) -> None:
+    def _accumulate(self, step: dict[str, float], batch, waited: float, seconds: float) -> None:
         sums = self._epoch_sums
+        for reason, count in batch.map_counts.items():
+            sums[f"maps_{reason}"] = sums.get(f"maps_{reason}", 0) + count
         for name in ("task_loss", "align_loss", "correct", "seen"):
             sums[name] = sums.get(name, 0.0) + step[name] * (step["seen"] if name.endswith("loss") else 1)
         sums["wait_s"] = sums.get("wait_s", 0.0) + waited
@@ -298,6 +301,8 @@ class Trainer:
             "images_per_s": sums.get("seen", 0.0) / max(1e-9, sums.get("time_s", 0.0)),
             "map_wait_s": sums.get("wait_s", 0.0),
             "unreadable": len(self.train_batches.unreadable),
+            # training images of this epoch that added no alignment term, by reason (docs/method.md)
+            **{f"maps_{reason}": int(sums.get(f"maps_{reason}", 0)) for reason in MAP_COUNTS},
             "global_step": self.global_step,
         }
         return record
@@ -334,7 +339,7 @@ class Trainer:
     def _after_step(self, step: dict[str, Any], batch, waited: float, seconds: float) -> None:
         self.global_step += 1
         self.step_in_epoch += 1
-        self._accumulate(step, waited, seconds)
+        self._accumulate(step, batch, waited, seconds)
         self.progress({"type": "step", "epoch": self.epoch + 1, "step": self.step_in_epoch,
                        "steps_per_epoch": self.steps_per_epoch, "global_step": self.global_step,
                        "total_steps": self.total_steps, "task_loss": step["task_loss"],

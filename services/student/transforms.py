@@ -53,8 +53,14 @@ def apply_to_image(image: Image.Image, view: View, size: int) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
-def apply_to_map(values: np.ndarray, view: View, image_size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
-    """The map's mass inside the view, integrated onto `grid` and renormalised (all zeros stay zeros)."""
+def apply_to_map(values: np.ndarray, view: View, image_size: tuple[int, int], grid: tuple[int, int], *,
+                 min_kept_mass: float = 0.0) -> np.ndarray:
+    """The map's mass inside the view, integrated onto `grid` and renormalised (all zeros stay zeros).
+
+    A view that keeps less than `min_kept_mass` of the map's mass gives all zeros (no target) instead:
+    renormalising a sliver of the teacher's attention would turn it into a confident target for a
+    region the teacher hardly looked at.
+    """
     width, height = image_size
     h, w = values.shape
     table = np.zeros((h + 1, w + 1), dtype=np.float64)
@@ -70,7 +76,10 @@ def apply_to_map(values: np.ndarray, view: View, image_size: tuple[int, int], gr
     if view.flip:
         mass = mass[:, ::-1]
     total = mass.sum()
-    return (mass / total if total > 0 else mass).astype(np.float32)
+    whole = float(table[-1, -1])
+    if total <= 0 or whole <= 0 or total < min_kept_mass * whole:
+        return np.zeros(grid, dtype=np.float32)
+    return (mass / total).astype(np.float32)
 
 
 def _bilinear(table: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:

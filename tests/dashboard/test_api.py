@@ -85,11 +85,28 @@ def test_queue_a_job_for_your_own_team(dashboard):
     assert admin.status_code == 201 and admin.json()["team"] == "beta"
 
 
+def test_the_recipe_goes_into_the_queued_spec(dashboard):
+    server, store = dashboard
+    recipe = {"weight_decay": 0.1, "warmup_steps": 0, "align_rows": "mean", "align_heads": "each",
+              "kl_direction": "model-first", "kl_smoothing": 0.1, "align_layers": [1, 3], "min_crop_mass": 0.5}
+    response = httpx.post(server.url + "/jobs", headers=_auth("alpha"), json={"dataset": "synth", **recipe})
+    assert response.status_code == 201, response.text
+    spec = store.get(response.json()["id"])["spec"]
+    assert {name: spec[name] for name in recipe} == recipe
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"dataset": "synth", "lr": -1}, "lr"),
     ({"dataset": "synth", "model": "vit-huge"}, "model"),
     ({"dataset": "synth", "colour": "red"}, "colour"),
     ({"dataset": "synth", "epochs": "many"}, "epochs"),
+    ({"dataset": "synth", "kl_direction": "model-first"}, "kl_smoothing"),
+    ({"dataset": "synth", "kl_direction": "backwards"}, "kl_direction"),
+    ({"dataset": "synth", "align_layers": [0, 9]}, "align_layers"),
+    ({"dataset": "synth", "align_rows": "all"}, "align_rows"),
+    ({"dataset": "synth", "weight_decay": -1}, "weight_decay"),
+    ({"dataset": "synth", "warmup_steps": 1.5}, "warmup_steps"),
+    ({"dataset": "synth", "min_crop_mass": 2}, "min_crop_mass"),
 ])
 def test_an_invalid_spec_is_refused_with_the_field_that_is_wrong(dashboard, body, field):
     server, store = dashboard

@@ -81,6 +81,9 @@ def test_a_job_runs_end_to_end_with_a_complete_record(stack):
     assert [e["epoch"] for e in _events(store, job_id, "epoch")] == [1, 2]
     metrics = store.metrics(job_id)
     assert len(metrics["steps"]) == 8 and all(s["align_loss"] > 0 for s in metrics["steps"])
+    # what the dashboard charts: images per epoch that added no alignment term, by reason
+    assert all({"maps_degenerate", "maps_missing", "maps_weak_crop"} <= set(e) for e in metrics["epochs"])
+    assert record["metrics"]["maps_missing"] == 0
 
 
 def test_kill_9_mid_job_resumes_from_the_checkpoint_on_another_worker(stack):
@@ -164,10 +167,25 @@ def test_bad_specs_are_refused_at_queue_time(stack, fields, message):
 
 
 @pytest.mark.parametrize("fields", [{"lr": -0.1}, {"model": "vit-huge"}, {"epochs": 0}, {"colour": "red"},
-                                    {"eval_domains": ["../x"]}, {"align_layers": []}, {"align_layers": [-1]}])
+                                    {"eval_domains": ["../x"]}, {"align_layers": []}, {"align_layers": [-1]},
+                                    {"align_layers": [4]}, {"model": "vit-s16", "align_layers": [0, 12]},
+                                    {"weight_decay": -0.1}, {"warmup_steps": -1}, {"align_rows": "diagonal"},
+                                    {"align_heads": "some"}, {"kl_direction": "sideways"},
+                                    {"kl_direction": "model-first"}, {"kl_smoothing": 1.0}, {"min_crop_mass": 1.5}])
 def test_invalid_spec_fields_are_rejected(fields):
     with pytest.raises(ValidationError):
         JobSpec(dataset="small", **fields)
+
+
+def test_the_recipe_fields_have_the_trainers_defaults_and_accept_the_papers_choices():
+    spec = JobSpec(dataset="small")
+    assert (spec.weight_decay, spec.warmup_steps, spec.align_rows, spec.align_heads, spec.kl_direction,
+            spec.kl_smoothing, spec.min_crop_mass) == (0.05, None, "cls", "mean", "target-first", 0.0, 0.25)
+    paper = JobSpec(dataset="small", epochs=50, init="vit-s16-pretrained", kl_direction="model-first",
+                    kl_smoothing=0.1, align_layers=[0, 11], model="vit-s16", warmup_steps=0)
+    assert paper.kl_direction == "model-first" and paper.align_layers == [0, 11]
+    # a pretrained init brings its own depth: its layers are checked when the model is loaded
+    assert JobSpec(dataset="small", init="some/hub-vit", align_layers=[30]).align_layers == [30]
 
 
 def test_lfi_train_refuses_a_bad_spec_with_the_reason(tmp_path, data_root):
@@ -194,12 +212,12 @@ def test_lfi_train_queues_and_follows_a_job_to_the_end(stack, tmp_path):
 
 
 def test_a_job_trains_from_an_exported_map_store_with_the_teacher_stopped(stack):
-    from services.teacher.serving.bulk import BulkOptions, precompute
+    from services.student.precompute import MapsOptions, precompute_dataset
     from shared.teacher_client import TeacherClient
 
     settings, store, start_worker, server = stack
-    report = precompute(TeacherClient(server.url, TEAM_KEYS["alpha"]), settings.data_root / "small" / "train",
-                        BulkOptions(), export=settings.data_root / "small-maps")
+    report = precompute_dataset(TeacherClient(server.url, TEAM_KEYS["alpha"]), settings.data_root / "small" / "train",
+                                MapsOptions(), export=settings.data_root / "small-maps")
     assert report.exported == 32
     server.stop()
     start_worker("w1")
@@ -211,9 +229,15 @@ def test_a_job_trains_from_an_exported_map_store_with_the_teacher_stopped(stack)
 
 
 def test_a_failing_job_says_why_in_its_record_and_the_worker_goes_on(stack):
+    from transformers import ViTForImageClassification
+
+    from services.student.model_config import student_config
+
     settings, store, start_worker, _ = stack
+    ViTForImageClassification(student_config("vit-tiny", 4, "off")).save_pretrained(settings.data_root / "vit-init")
     start_worker("w1")
-    bad = _submit(settings, store, align_layers=[99])  # valid spec, but vit-tiny has 4 layers
+    # a valid spec (a pretrained init's depth is known only once loaded), but the checkpoint has 4 layers
+    bad = _submit(settings, store, init="vit-init", align_layers=[99])
     record = _wait_status(store, bad, {"succeeded", "failed"})
     assert record["status"] == "failed"
     assert "align_layers [99] out of range" in record["error"] and "Traceback" in record["traceback"]

@@ -118,7 +118,7 @@ def test_the_config_takes_the_specs_defaults_and_validates_overrides_like_the_sp
     spec = JobSpec(dataset="synth")
     config = TrainConfig.from_spec(spec, align_rows="mean", ablation="no-gate", align_weight=5)
     assert config.spec.epochs == spec.epochs and config.spec.lr == spec.lr  # one home for the defaults
-    assert (config.align_rows, config.spec.ablation, config.spec.align_weight, config.mode) == \
+    assert (config.spec.align_rows, config.spec.ablation, config.spec.align_weight, config.mode) == \
         ("mean", "no-gate", 5, "no-gate")
     assert TrainConfig.from_spec(JobSpec(dataset="synth", student="vit")).aligned is False
     with pytest.raises(ValidationError):

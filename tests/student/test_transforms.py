@@ -66,3 +66,18 @@ def test_views_are_inside_the_image_and_reproducible():
         assert a == b
         x0, y0, x1, y1 = a.box
         assert 0 <= x0 < x1 <= 100 and 0 <= y0 < y1 <= 60
+
+
+def test_a_crop_that_keeps_too_little_of_the_map_gives_no_target():
+    values = np.zeros((8, 8), np.float32)
+    values[0, 0] = 0.999  # nearly all the teacher's attention in the top-left cell
+    values[7, 7] = 0.001
+    corner = View((56.0, 56.0, 64.0, 64.0))  # the bottom-right cell: 0.1 % of the mass
+    renormalised = apply_to_map(values, corner, (64, 64), (2, 2))
+    assert renormalised.sum() == pytest.approx(1.0)  # without a floor, a sliver becomes a full target
+    assert not apply_to_map(values, corner, (64, 64), (2, 2), min_kept_mass=0.25).any()
+    half = View((0.0, 0.0, 32.0, 64.0))  # the left half keeps 99.9 %: a target as before
+    kept = apply_to_map(values, half, (64, 64), (2, 2), min_kept_mass=0.25)
+    assert kept.sum() == pytest.approx(1.0) and kept[0, 0] == pytest.approx(1.0)
+    assert apply_to_map(values, half, (64, 64), (2, 2), min_kept_mass=0.998).any()
+    assert not apply_to_map(values, half, (64, 64), (2, 2), min_kept_mass=0.9999).any()

@@ -79,9 +79,10 @@ function specFromForm(form) {
   for (const [name, raw] of data.entries()) {
     const value = String(raw).trim();
     if (value === "") continue;
-    if (["epochs", "batch_size", "seed", "checkpoint_every"].includes(name)) spec[name] = Number(value);
-    else if (name === "lr") spec[name] = Number(value);
+    if (["epochs", "batch_size", "seed", "checkpoint_every", "warmup_steps"].includes(name)) spec[name] = Number(value);
+    else if (["lr", "weight_decay", "align_weight", "kl_smoothing", "min_crop_mass"].includes(name)) spec[name] = Number(value);
     else if (name === "eval_domains") spec[name] = value.split(",").map((s) => s.trim()).filter(Boolean);
+    else if (name === "align_layers") spec[name] = value.split(",").map((s) => s.trim()).filter(Boolean).map(Number);
     else spec[name] = value;
   }
   return spec;
@@ -101,6 +102,7 @@ async function queueJob(event) {
     for (const [name, text] of Object.entries(fields || {})) {
       const input = form.querySelector(`[name="${name.split(".")[0]}"]`);
       if (input) input.classList.add("invalid");
+      if (input && input.closest("details")) input.closest("details").open = true;  // show the recipe field at fault
       lines.push(`${name}: ${text}`);
     }
     errors.textContent = lines.length ? lines.join("\n") : message;
@@ -260,7 +262,8 @@ async function refreshJob(jobId) {
   document.getElementById("job-summary").textContent =
     `${spec.model} ${spec.student} (${spec.ablation}) on ${spec.dataset} · team ${job.team} · ` +
     `epoch ${job.epoch || 0}/${spec.epochs} · step ${job.global_step || 0}/${job.total_steps || "?"} · ETA ${fmtEta(job.eta_s)}` +
-    (job.starts > 1 ? ` · started ${job.starts} times (resumed)` : "");
+    (job.starts > 1 ? ` · started ${job.starts} times (resumed)` : "") +
+    (job.metrics && job.metrics.maps_degenerate ? ` · ${job.metrics.maps_degenerate} degenerate maps skipped in epoch ${job.metrics.epoch}` : "");
   document.getElementById("job-error").textContent = job.error || job.reason || "";
   const button = document.getElementById("cancel");
   button.hidden = TERMINAL.has(job.status);
@@ -279,6 +282,10 @@ async function refreshJob(jobId) {
   const domains = new Set(epochs.flatMap((e) => Object.keys(e.heldout_top1 || {})));
   for (const d of domains) top1.push({ x, y: epochs.map((e) => (e.heldout_top1 || {})[d]), name: d, mode: "lines+markers" });
   plot("top1", top1, { title: "top-1", xaxis: { title: "epoch", dtick: 1 }, yaxis: { range: [0, 1] } });
+  // training images per epoch that added no alignment term, by reason (docs/method.md)
+  const reasons = [["maps_degenerate", "degenerate (teacher)"], ["maps_missing", "no map"], ["maps_weak_crop", "crop kept too little"]];
+  plot("map-counts", reasons.map(([key, name]) => ({ type: "bar", name, x, y: epochs.map((e) => e[key] || 0) })),
+       { title: "images without an alignment target per epoch", barmode: "stack", xaxis: { title: "epoch", dtick: 1 } });
   const last = epochs.length ? epochs[epochs.length - 1] : null;
   if (last && last.gates && last.gates.some((g) => g)) {
     const layers = last.gates.map((_, i) => "layer " + i);
