@@ -16,3 +16,10 @@ AblationName = Literal["none", "no-constraint", "constraint-on-original", "no-ga
 MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
 STUDENT_KINDS: tuple[StudentKind, ...] = get_args(StudentKind)
 ABLATION_NAMES: tuple[AblationName, ...] = get_args(AblationName)
+
+# Detection (the DETR students): `task: detection` in a job spec takes these for `student` and `model`
+TaskName = Literal["classification", "detection"]
+DetectionStudentKind = Literal["detr", "idetr"]  # Conditional DETR / DETR, or with interaction queries (I-DETR)
+DetectorName = Literal["cdetr-tiny", "detr-tiny", "cdetr-r50", "detr-r50"]
+DETECTION_STUDENT_KINDS: tuple[DetectionStudentKind, ...] = get_args(DetectionStudentKind)
+DETECTOR_NAMES: tuple[DetectorName, ...] = get_args(DetectorName)
