@@ -27,7 +27,7 @@ import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -74,8 +74,8 @@ class JobSpec(BaseModel):
 
     dataset: str = Field(min_length=1, max_length=500, description="Folder below LFI_DATA_ROOT.")
     task: TaskName = Field("classification", description="detection: a COCO-format dataset, student detr | idetr.")
-    model: ModelName | DetectorName = "vit-tiny"
-    student: StudentKind | DetectionStudentKind = "ivit"
+    model: Literal[ModelName, DetectorName] = "vit-tiny"  # one flat Literal: an error names `model`, not a union arm
+    student: Literal[StudentKind, DetectionStudentKind] = "ivit"
     ablation: AblationName = "none"
     init: str = Field("scratch", max_length=500, description="'scratch', or a pretrained ViT hub id or folder.")
     epochs: int = Field(10, ge=1, le=10_000)
