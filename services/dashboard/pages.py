@@ -28,7 +28,8 @@ _JOBS = """<main>
   <option>vit-l16</option><option>cdetr-tiny</option><option>detr-tiny</option><option>cdetr-r50</option>
   <option>detr-r50</option></select></label>
  <label>student <select name="student"><option value="ivit">I-ViT</option>
-  <option value="vit">ViT</option><option value="idetr">I-DETR</option><option value="detr">DETR</option></select></label>
+  <option value="vit">ViT</option><option value="idetr">I-DETR</option>
+  <option value="detr">DETR</option></select></label>
  <label>ablation <select name="ablation"><option>none</option><option>no-constraint</option>
   <option>constraint-on-original</option><option>no-gate</option></select></label>
  <label>init <input name="init" value="scratch"></label>
