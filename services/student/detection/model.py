@@ -218,3 +218,35 @@ def build_detector(name: DetectorName, num_labels: int, mode: ModeName, *, init:
     if mode != "off":
         add_interaction(model, mode, gate_hidden)
     return model
+
+
+def _counting_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                                interactions: InteractionCollector | None = None,
+                                **kwargs) -> tuple[torch.Tensor, None]:
+    """Explicit matmuls everywhere: torch's FlopCounterMode does not see inside the fused SDPA kernel."""
+    if getattr(module, "interaction", None) is not None:
+        return interaction_attention_forward(module, query, key, value, attention_mask, dropout, scaling, interactions)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    output = torch.matmul(torch.exp(_log_attention(query, key, attention_mask, scale)).to(value.dtype), value)
+    return output.transpose(1, 2), None
+
+
+AttentionInterface.register(ATTENTION_IMPLEMENTATION + "_counting", _counting_attention_forward)
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_IMPLEMENTATION + "_counting", sdpa_mask)
+
+
+def count_detector_flops(model: nn.Module, size: int) -> int:
+    """Forward FLOPs for one size x size image (2 per multiply-add), attention included."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = ATTENTION_IMPLEMENTATION + "_counting"
+    try:
+        with torch.no_grad(), counter:
+            pixels, mask = torch.zeros(1, 3, size, size), torch.ones(1, size, size, dtype=torch.long)
+            model.eval()(pixel_values=pixels, pixel_mask=mask)
+    finally:
+        model.config._attn_implementation = previous
+    return counter.get_total_flops()
