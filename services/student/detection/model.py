@@ -160,8 +160,9 @@ def interaction_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def tiny_backbone() -> ResNetConfig:
-    """A two-stage ResNet (stride 8: a 64 px image gives an 8x8 memory, the tiny teacher's grid)."""
-    return ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1], layer_type="basic",
+    """A two-stage ResNet (stride 8: a 64 px image gives an 8x8 memory, the tiny teacher's grid). Two blocks per
+    stage: with one block of 32/64 channels the detector found the boxes but not which shape was in them."""
+    return ResNetConfig(embedding_size=32, hidden_sizes=[64, 128], depths=[2, 2], layer_type="basic",
                         out_features=["stage2"])
 
 
