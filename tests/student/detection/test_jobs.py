@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -95,3 +97,17 @@ def test_detection_specs_name_the_field_at_fault(data_root):
     with pytest.raises(InvalidField, match="lfi data synth DIR --task detection") as caught:
         check_spec(JobSpec(dataset="folders", task="detection"), data_root)
     assert caught.value.field == "dataset"
+
+
+def test_lfi_train_follows_a_detection_job_and_prints_its_map(stack, tmp_path):
+    settings, store, _ = stack
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("dataset: shapes\ntask: detection\nstudent: detr\nepochs: 2\nbatch_size: 4\n"
+                    "eval_domains: [shifted]\n")
+    env = {"LFI_DATA_ROOT": str(settings.data_root), "LFI_REDIS_URL": settings.redis_url, "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "services.cli", "train", str(spec)], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 2:" in result.stderr and "val AP" in result.stderr and "held-out shifted AP" in result.stderr
+    job_id = json.loads(result.stdout.strip().splitlines()[0])["id"]
+    assert store.get(job_id)["status"] == "succeeded"
