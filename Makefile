@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/jobs_recovery.py
 	$(BIN)/python bench/teacher_maps.py
 	$(BIN)/python bench/lfi_effect.py --variants vit ivit oracle
+	$(BIN)/python bench/detr_size.py
+	$(BIN)/python bench/detr_effect.py
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

@@ -27,20 +27,26 @@ import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from shared.coco import CocoFormatError, check_coco_layout
 from shared.errors import InvalidField, NotFound
 from shared.student_names import (
+    DETECTION_STUDENT_KINDS,
+    DETECTOR_NAMES,
     MODEL_DEPTHS,
     AblationName,
     AlignHeadsName,
     AlignRowsName,
+    DetectionStudentKind,
+    DetectorName,
     KLDirectionName,
     ModelName,
     StudentKind,
+    TaskName,
 )
 
 JOB_PREFIX = "lfi:job:"
@@ -72,8 +78,9 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(min_length=1, max_length=500, description="Folder below LFI_DATA_ROOT.")
-    model: ModelName = "vit-tiny"
-    student: StudentKind = "ivit"
+    task: TaskName = Field("classification", description="detection: a COCO-format dataset, student detr | idetr.")
+    model: Literal[ModelName, DetectorName] = "vit-tiny"  # one flat Literal: an error names `model`, not a union arm
+    student: Literal[StudentKind, DetectionStudentKind] = "ivit"
     ablation: AblationName = "none"
     init: str = Field("scratch", max_length=500, description="'scratch', or a pretrained ViT hub id or folder.")
     epochs: int = Field(10, ge=1, le=10_000)
@@ -102,6 +109,25 @@ class JobSpec(BaseModel):
                                   description="A map store from `lfi maps --export` (under the data root): "
                                               "train from it instead of asking the teacher.")
     team: str = Field("default", pattern=r"^[a-z0-9-]+$", max_length=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _detection_defaults(cls, data: Any) -> Any:
+        """A detection job that names no model or student gets the tiny Conditional DETR with interaction."""
+        if isinstance(data, dict) and data.get("task") == "detection":
+            data = {"model": "cdetr-tiny", "student": "idetr", **data}
+        return data
+
+    @field_validator("model", "student")
+    @classmethod
+    def _fits_the_task(cls, value: str, info: ValidationInfo) -> str:
+        detection = info.data.get("task") == "detection"
+        names = DETECTOR_NAMES if info.field_name == "model" else DETECTION_STUDENT_KINDS
+        if detection and value not in names:
+            raise ValueError(f"task detection takes {info.field_name} {' | '.join(names)}, got {value!r}")
+        if not detection and value in names:
+            raise ValueError(f"{info.field_name} {value!r} is for detection: set task: detection")
+        return value
 
     @field_validator("eval_domains")
     @classmethod
@@ -155,7 +181,9 @@ def check_spec(spec: JobSpec, data_root: Path) -> Path:
     """Checks that need the file system, done when the job is queued so a bad spec never reaches a worker.
     Each failure is an `InvalidField` naming the spec field at fault."""
     path = resolve_dataset(spec.dataset, data_root)
-    for domain in spec.eval_domains:
+    if spec.task == "detection":  # a COCO-format set: its splits are annotation files, not folders
+        _check_coco(path, spec.eval_domains)
+    for domain in spec.eval_domains if spec.task == "classification" else ():
         if not (path / domain).is_dir():
             raise InvalidField("eval_domains", f"eval domain {domain!r} is not a folder in {spec.dataset}")
     if spec.map_store is not None:
@@ -168,6 +196,13 @@ def check_spec(spec: JobSpec, data_root: Path) -> Path:
         if not (init / "config.json").exists():
             raise InvalidField("init", f"init {spec.init!r} has no config.json: not a saved ViT")
     return path
+
+
+def _check_coco(path: Path, eval_domains: list[str]) -> None:
+    try:
+        check_coco_layout(path, eval_domains)
+    except CocoFormatError as exc:
+        raise InvalidField("eval_domains" if "eval domain" in str(exc) else "dataset", str(exc)) from None
 
 
 def now_iso() -> str:

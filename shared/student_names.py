@@ -22,3 +22,10 @@ MODEL_DEPTHS: dict[ModelName, int] = {"vit-tiny": 4, "vit-s16": 12, "vit-b16": 1
 MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
 STUDENT_KINDS: tuple[StudentKind, ...] = get_args(StudentKind)
 ABLATION_NAMES: tuple[AblationName, ...] = get_args(AblationName)
+
+# Detection (the DETR students): `task: detection` in a job spec takes these for `student` and `model`
+TaskName = Literal["classification", "detection"]
+DetectionStudentKind = Literal["detr", "idetr"]  # Conditional DETR / DETR, or with interaction queries (I-DETR)
+DetectorName = Literal["cdetr-tiny", "detr-tiny", "cdetr-r50", "detr-r50"]
+DETECTION_STUDENT_KINDS: tuple[DetectionStudentKind, ...] = get_args(DetectionStudentKind)
+DETECTOR_NAMES: tuple[DetectorName, ...] = get_args(DetectorName)

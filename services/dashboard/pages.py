@@ -23,10 +23,13 @@ _JOBS = """<main>
 <section class="card"><h2>Queue a training job</h2>
 <form id="job-form" novalidate>
  <label>dataset <input name="dataset" required placeholder="synth" title="folder below LFI_DATA_ROOT"></label>
+ <label>task <select name="task"><option>classification</option><option>detection</option></select></label>
  <label>model <select name="model"><option>vit-tiny</option><option>vit-s16</option><option>vit-b16</option>
-  <option>vit-l16</option></select></label>
+  <option>vit-l16</option><option>cdetr-tiny</option><option>detr-tiny</option><option>cdetr-r50</option>
+  <option>detr-r50</option></select></label>
  <label>student <select name="student"><option value="ivit">I-ViT</option>
-  <option value="vit">ViT</option></select></label>
+  <option value="vit">ViT</option><option value="idetr">I-DETR</option>
+  <option value="detr">DETR</option></select></label>
  <label>ablation <select name="ablation"><option>none</option><option>no-constraint</option>
   <option>constraint-on-original</option><option>no-gate</option></select></label>
  <label>init <input name="init" value="scratch"></label>
@@ -54,7 +57,7 @@ _JOBS = """<main>
  <button type="submit" id="queue">Queue</button>
 </form><div id="form-errors" class="errors"></div></section>
 <section class="card"><h2>Jobs</h2><table id="jobs"><thead><tr><th></th><th>job</th><th>team</th><th>model</th>
-<th>status</th><th>progress</th><th>ETA</th><th>val top-1</th><th></th></tr></thead><tbody></tbody></table>
+<th>status</th><th>progress</th><th>ETA</th><th>val top-1 / AP</th><th></th></tr></thead><tbody></tbody></table>
 <p class="hint">Tick jobs to compare them below.</p><div id="compare" class="chart"></div></section>
 <section class="card"><h2>Teacher</h2><div id="teacher-summary"></div>
 <div class="row"><div id="teacher-queue" class="chart half"></div>

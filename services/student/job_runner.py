@@ -23,6 +23,7 @@ from shared.jobs import JobSpec, JobStatus, JobStore, check_spec, resolve_datase
 from shared.settings import Settings
 
 if TYPE_CHECKING:  # torch-side types; the worker's parent process never imports them
+    from services.student.detection.trainer import DetectionConfig, DetectionTrainer
     from services.student.maps import MapSource
     from services.student.trainer import TrainConfig, Trainer
 
@@ -114,12 +115,15 @@ def _train(job_id: str, record: dict[str, Any], store: JobStore, settings: Setti
 
     spec = JobSpec.model_validate(record["spec"])
     dataset = check_spec(spec, settings.data_root)
-    config = TrainConfig.from_spec(spec, init=_resolve_init(spec.init, settings))
     should_stop = partial(_should_stop, store, job_id, lease)
-    data = discover(dataset, spec.eval_domains)
-    map_source = _map_source(config, data.words, store, job_id, settings, should_stop) if config.aligned else None
     run_dir = Path(settings.runs_root) / job_id
-    trainer = Trainer(config, data, run_dir, map_source=map_source, should_stop=should_stop)
+    if spec.task == "detection":
+        trainer = _detection_trainer(spec, dataset, run_dir, store, job_id, settings, should_stop)
+    else:
+        config = TrainConfig.from_spec(spec, init=_resolve_init(spec.init, settings))
+        data = discover(dataset, spec.eval_domains)
+        map_source = _map_source(config, data.words, store, job_id, settings, should_stop) if config.aligned else None
+        trainer = Trainer(config, data, run_dir, map_source=map_source, should_stop=should_stop)
     trainer.progress = JobProgress(store, job_id, trainer, lease.worker)
     store.update(job_id, run_dir=str(run_dir), total_steps=trainer.total_steps)
     try:
@@ -137,6 +141,18 @@ def _train(job_id: str, record: dict[str, Any], store: JobStore, settings: Setti
     return "stopped"
 
 
+def _detection_trainer(spec: JobSpec, dataset: Path, run_dir: Path, store: JobStore, job_id: str, settings: Settings,
+                       should_stop: Callable[[], bool]) -> DetectionTrainer:
+    """The DETR / I-DETR trainer on a COCO-format set; I-DETR's instance maps come from the teacher (or a store)."""
+    from services.student.detection.trainer import DetectionConfig, DetectionTrainer
+    from shared.coco import discover_coco
+
+    config = DetectionConfig.from_spec(spec, init=_resolve_init(spec.init, settings))
+    map_source = _map_source(config, [], store, job_id, settings, should_stop) if config.aligned else None
+    return DetectionTrainer(config, discover_coco(dataset, spec.eval_domains), run_dir, map_source=map_source,
+                            should_stop=should_stop)
+
+
 def _should_stop(store: JobStore, job_id: str, lease: LeaseKeeper) -> bool:
     """Checked at every step and while waiting for the teacher: cancelled, or no longer this worker's job."""
     if lease.lost.is_set() or store.cancel_requested(job_id):
@@ -147,7 +163,8 @@ def _should_stop(store: JobStore, job_id: str, lease: LeaseKeeper) -> bool:
     return False
 
 
-def _map_source(config: TrainConfig, class_words: list[str], store: JobStore, job_id: str, settings: Settings,
+def _map_source(config: TrainConfig | DetectionConfig, class_words: list[str], store: JobStore, job_id: str,
+                settings: Settings,
                 should_stop: Callable[[], bool]) -> MapSource:
     """An exported map store when the spec names one, else the teacher (waiting, and saying so, while it is down),
     asked with the dataset's class words as the vocabulary."""
@@ -177,7 +194,7 @@ class JobProgress:
     checkpoint that the dead worker had not.
     """
 
-    def __init__(self, store: JobStore, job_id: str, trainer: Trainer, worker: str = "") -> None:
+    def __init__(self, store: JobStore, job_id: str, trainer: Trainer | DetectionTrainer, worker: str = "") -> None:
         self.store, self.job_id, self.trainer, self.worker = store, job_id, trainer, worker
         self.reported = int(store.get(job_id).get("epochs_reported", 0))
 

@@ -102,7 +102,9 @@ def follow_job(store, job_id: str, poll_s: float = 0.5) -> str:
         while True:
             for entry_id, event in store.events(job_id, after=after):
                 after = entry_id
-                if event["type"] == "epoch":
+                if event["type"] == "epoch" and "val_map" in event:
+                    progress.console.print(_detection_epoch_line(event))
+                elif event["type"] == "epoch":
                     held = ", ".join(f"{k} {v:.3f}" for k, v in (event.get("heldout_top1") or {}).items()
                                      if v is not None)
                     val = event.get("val_top1")
@@ -123,3 +125,13 @@ def follow_job(store, job_id: str, poll_s: float = 0.5) -> str:
     else:
         console.print(f"job {job_id} {record['status']}")
     return record["status"]
+
+
+def _detection_epoch_line(event: dict) -> str:
+    """A detection epoch (COCO AP from the evaluator) as one line; a split without results says so."""
+    def ap(result: dict | None) -> str:
+        return f"AP {result['AP']:.3f} AP50 {result['AP50']:.3f}" if result else "no images"
+
+    held = ", ".join(f"{name} {ap(result)}" for name, result in (event.get("heldout_map") or {}).items())
+    return (f"epoch {event['epoch']}: task {event['task_loss']:.4f} align {event['align_loss']:.4f} "
+            f"val {ap(event.get('val_map'))}" + (f" held-out {held}" if held else ""))

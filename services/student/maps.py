@@ -63,6 +63,13 @@ class MapRequest:
     sample: Sample
     image: Image.Image
     label: str  # the class word the teacher is told (forced foreground)
+    box: tuple[float, float, float, float] | None = None  # detection: the one instance (x0, y0, x1, y1 pixels)
+
+    def teacher_fields(self) -> dict:
+        """What the teacher is told besides the image: the forced label, or the one labelled box (dense prompt)."""
+        if self.box is None:
+            return {"label": self.label}
+        return {"task": "detection", "boxes": [{"xyxy": [float(v) for v in self.box], "label": self.label}]}
 
 
 class MapSource(Protocol):
@@ -83,7 +90,7 @@ class TeacherMaps:
         self.on_wait = on_wait or (lambda reason: None)
         self.should_stop = should_stop or (lambda: False)
         self.max_backoff_s = max_backoff_s
-        self._keys: dict[tuple[str, str], str] = {}  # (image rel path, label) -> key: no re-hashing after epoch 1
+        self._keys: dict[tuple, str] = {}  # (image rel path, label, box) -> key: no re-hashing after epoch 1
         self._memory: dict[str, np.ndarray] = {}
         self.stats = {"memory": 0, "disk": 0, "teacher_cached": 0, "teacher_computed": 0, "failed": 0,
                       "degenerate": 0}
@@ -108,8 +115,16 @@ class TeacherMaps:
             if waiting:
                 self.on_wait(None)
 
+    def _teacher_fields(self, request: MapRequest) -> dict:
+        """The request's own fields, plus the class words as Prompt 1's vocabulary (classification only: the
+        dense prompt names its box's label)."""
+        fields = request.teacher_fields()
+        if request.box is None and self.vocabulary:
+            fields["vocabulary"] = self.vocabulary
+        return fields
+
     def _key(self, request: MapRequest) -> str:
-        memo = (request.sample.rel, request.label)
+        memo = (request.sample.rel, request.label, request.box)
         key = self._keys.get(memo)
         if key is None and self.prompt is not None:
             prompts = self._until_teacher_answers(self.client.info)["prompts"]
@@ -117,8 +132,7 @@ class TeacherMaps:
                 raise ValueError(f"the teacher has no prompt {self.prompt!r}; it offers {sorted(prompts)}")
         if key is None:
             key = self._until_teacher_answers(
-                lambda: self.client.key_for(request.image, label=request.label, vocabulary=self.vocabulary,
-                                            prompt=self.prompt))
+                lambda: self.client.key_for(request.image, prompt=self.prompt, **self._teacher_fields(request)))
             self._keys[memo] = key
         return key
 
@@ -173,9 +187,8 @@ class TeacherMaps:
                     self.stats["teacher_cached"] += 1
             if not to_compute:
                 continue
-            bodies = [{"image": encode_image(requests[i].image), "label": requests[i].label, "priority": "bulk",
-                       **({"vocabulary": self.vocabulary} if self.vocabulary else {}),
-                       **({"prompt": self.prompt} if self.prompt else {})} for i in to_compute]
+            bodies = [{"image": encode_image(requests[i].image), **self._teacher_fields(requests[i]),
+                       "priority": "bulk", **({"prompt": self.prompt} if self.prompt else {})} for i in to_compute]
             answers = self._until_teacher_answers(lambda b=bodies: _no_transient_errors(self.client.batch(b)))
             for i, answer in zip(to_compute, answers, strict=True):
                 if "error" in answer:

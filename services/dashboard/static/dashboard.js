@@ -147,7 +147,7 @@ function jobRow(job) {
     el("td", {}, [el("span", { class: "status " + job.status, text: job.status })]),
     el("td", {}, [el("div", { class: "progress", title: fmtPct(job.progress) }, [bar])]),
     el("td", { text: fmtEta(job.eta_s) }),
-    el("td", { text: fmtPct(metrics.val_top1) }),
+    el("td", { text: fmtPct(valScore(metrics)) }),
     actions,
   ]);
 }
@@ -167,14 +167,15 @@ async function refreshCompare() {
     const job = await api(`/jobs/${id}`);
     const name = `${id.slice(0, 6)} ${job.spec.student}`;
     const x = metrics.epochs.map((e) => e.epoch);
-    traces.push({ x, y: metrics.epochs.map((e) => e.val_top1), name: name + " val", mode: "lines+markers" });
-    const domains = new Set(metrics.epochs.flatMap((e) => Object.keys(e.heldout_top1 || {})));
+    traces.push({ x, y: metrics.epochs.map(valScore), name: name + " val", mode: "lines+markers" });
+    const domains = new Set(metrics.epochs.flatMap((e) => Object.keys(e.heldout_top1 || e.heldout_map || {})));
     for (const d of domains) {
-      traces.push({ x, y: metrics.epochs.map((e) => (e.heldout_top1 || {})[d]), name: `${name} ${d}`,
+      traces.push({ x, y: metrics.epochs.map((e) => heldoutScore(e, d)), name: `${name} ${d}`,
                     mode: "lines+markers", line: { dash: "dot" } });
     }
   }
-  plot("compare", traces, { title: "top-1 per epoch", xaxis: { title: "epoch", dtick: 1 }, yaxis: { range: [0, 1] } });
+  plot("compare", traces, { title: "top-1 (classification) or COCO AP (detection) per epoch",
+                            xaxis: { title: "epoch", dtick: 1 }, yaxis: { range: [0, 1] } });
 }
 
 async function refreshTeacher() {
@@ -209,6 +210,16 @@ function startJobsPage() {
   every(2000, refreshTeacher);
 }
 
+// A job's headline number: top-1 for classification, COCO AP for detection (its epochs carry val_map)
+function valScore(metrics) {
+  return metrics.val_map ? metrics.val_map.AP : metrics.val_top1;
+}
+
+function heldoutScore(epoch, domain) {
+  if (epoch.heldout_map) return (epoch.heldout_map[domain] || {}).AP;
+  return (epoch.heldout_top1 || {})[domain];
+}
+
 // ---- job page -------------------------------------------------------------------------------------
 let samplesCache = null;
 
@@ -230,10 +241,52 @@ function heat(values, grid, image, canvas) {
   if (image && !image.complete) image.addEventListener("load", draw, { once: true }); else draw();
 }
 
+function drawBoxes(canvas, image, size, truth, predicted) {
+  const ctx = canvas.getContext("2d");
+  const scale = canvas.width / size;
+  const draw = () => {
+    ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
+    ctx.font = "10px sans-serif";
+    for (const [boxes, colour] of [[truth, "#1db954"], [predicted, "#ff2d55"]]) {
+      for (const b of boxes) {
+        const [x, y, w, h] = b.box.map((v) => v * scale);
+        ctx.strokeStyle = colour; ctx.lineWidth = 1.5; ctx.strokeRect(x, y, w, h);
+        ctx.fillStyle = colour;
+        ctx.fillText(b.score === undefined ? b.label : `${b.label} ${b.score.toFixed(2)}`, x + 1, Math.max(9, y - 1));
+      }
+    }
+  };
+  if (!image.complete) image.addEventListener("load", draw, { once: true }); else draw();
+}
+
+// Detection samples: the image with true (green) and predicted (red) boxes, then per true object its
+// instance map from the teacher and, for I-DETR, the matched query's cross-attention (last decoder layer)
+function renderDetections(data, box) {
+  document.getElementById("layer").hidden = true;
+  document.getElementById("layer-value").textContent = `epoch ${data.epoch}`;
+  box.replaceChildren(...data.samples.map((s) => {
+    const image = new Image();
+    image.src = "data:image/png;base64," + s.image;
+    const main = el("canvas", { width: 128, height: 128 });
+    drawBoxes(main, image, s.size, s.truth, s.predicted);
+    const figures = [el("figure", {}, [main, el("figcaption", { text: `${s.truth.length} true, ${s.predicted.length} found` })])];
+    for (const object of s.truth) {
+      for (const [title, values] of [["C_VLM", object.map], ["query attention", object.attention]]) {
+        if (values === undefined) continue;
+        const canvas = el("canvas");
+        heat(values, data.grid, image, canvas);
+        figures.push(el("figure", {}, [canvas, el("figcaption", { text: `${object.label}: ${values ? title : title + " (none)"}` })]));
+      }
+    }
+    return el("div", { class: "sample" }, figures);
+  }));
+}
+
 function renderSamples() {
   const data = samplesCache;
   const box = document.getElementById("samples");
   if (!data || !data.samples.length) { box.textContent = "No sample maps yet (drawn at each epoch's end)."; return; }
+  if (data.task === "detection") { renderDetections(data, box); return; }
   const slider = document.getElementById("layer");
   const layers = data.samples[0].vfm.length;
   slider.max = String(layers - 1);
@@ -275,17 +328,8 @@ async function refreshJob(jobId) {
   ], { title: "loss per step", xaxis: { title: "step" } });
   const epochs = metrics.epochs;
   const x = epochs.map((e) => e.epoch);
-  const top1 = [
-    { x, y: epochs.map((e) => e.train_top1), name: "train", mode: "lines+markers" },
-    { x, y: epochs.map((e) => e.val_top1), name: "validation", mode: "lines+markers" },
-  ];
-  const domains = new Set(epochs.flatMap((e) => Object.keys(e.heldout_top1 || {})));
-  for (const d of domains) top1.push({ x, y: epochs.map((e) => (e.heldout_top1 || {})[d]), name: d, mode: "lines+markers" });
-  plot("top1", top1, { title: "top-1", xaxis: { title: "epoch", dtick: 1 }, yaxis: { range: [0, 1] } });
-  // training images per epoch that added no alignment term, by reason (docs/method.md)
-  const reasons = [["maps_degenerate", "degenerate (teacher)"], ["maps_missing", "no map"], ["maps_weak_crop", "crop kept too little"]];
-  plot("map-counts", reasons.map(([key, name]) => ({ type: "bar", name, x, y: epochs.map((e) => e[key] || 0) })),
-       { title: "images without an alignment target per epoch", barmode: "stack", xaxis: { title: "epoch", dtick: 1 } });
+  if (epochs.some((e) => e.val_map)) plotDetection(epochs, x); else plotTop1(epochs, x);
+  plotMapCounts(epochs, x);
   const last = epochs.length ? epochs[epochs.length - 1] : null;
   if (last && last.gates && last.gates.some((g) => g)) {
     const layers = last.gates.map((_, i) => "layer " + i);
@@ -296,6 +340,37 @@ async function refreshJob(jobId) {
   } else {
     document.getElementById("gates").textContent = "No gates in this model (plain ViT or no-gate ablation), or no epoch yet.";
   }
+}
+
+function plotTop1(epochs, x) {
+  const top1 = [
+    { x, y: epochs.map((e) => e.train_top1), name: "train", mode: "lines+markers" },
+    { x, y: epochs.map((e) => e.val_top1), name: "validation", mode: "lines+markers" },
+  ];
+  const domains = new Set(epochs.flatMap((e) => Object.keys(e.heldout_top1 || {})));
+  for (const d of domains) top1.push({ x, y: epochs.map((e) => (e.heldout_top1 || {})[d]), name: d, mode: "lines+markers" });
+  plot("top1", top1, { title: "top-1", xaxis: { title: "epoch", dtick: 1 }, yaxis: { range: [0, 1] } });
+}
+
+// training images per epoch that added no alignment term, by reason (docs/method.md)
+function plotMapCounts(epochs, x) {
+  const reasons = [["maps_degenerate", "degenerate (teacher)"], ["maps_missing", "no map"], ["maps_weak_crop", "crop kept too little"]];
+  plot("map-counts", reasons.map(([key, name]) => ({ type: "bar", name, x, y: epochs.map((e) => e[key] || 0) })),
+       { title: "images without an alignment target per epoch", barmode: "stack", xaxis: { title: "epoch", dtick: 1 } });
+}
+
+// COCO AP and AP50 per epoch on the validation split and each held-out split (detection jobs)
+function plotDetection(epochs, x) {
+  const traces = [];
+  const splits = [["validation", (e) => e.val_map]];
+  const domains = new Set(epochs.flatMap((e) => Object.keys(e.heldout_map || {})));
+  for (const d of domains) splits.push([d, (e) => (e.heldout_map || {})[d]]);
+  for (const [name, pick] of splits) {
+    traces.push({ x, y: epochs.map((e) => (pick(e) || {}).AP), name: `${name} AP`, mode: "lines+markers" });
+    traces.push({ x, y: epochs.map((e) => (pick(e) || {}).AP50), name: `${name} AP50`, mode: "lines+markers",
+                  line: { dash: "dot" } });
+  }
+  plot("top1", traces, { title: "COCO mAP", xaxis: { title: "epoch", dtick: 1 }, yaxis: { range: [0, 1] } });
 }
 
 async function refreshSamples(jobId) {
