@@ -91,7 +91,7 @@ def parse_variant(text: str) -> tuple[str, str, dict]:
 
 def run_one(name: str, overrides: dict, seed: int, args, data, sources: dict, run_dir: Path) -> dict:
     from services.student.detection.trainer import DetectionConfig, DetectionTrainer
-    from shared.jobs import JobSpec
+    from shared.job_spec import JobSpec
 
     spec = JobSpec(dataset="synth", task="detection", model=args.model, student="detr" if name == "detr" else "idetr",
                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed)

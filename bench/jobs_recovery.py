@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.celery_config import make_celery
-from shared.jobs import JobSpec, JobStore, submit_job
+from shared.job_spec import JobSpec
+from shared.jobs import JobStore, submit_job
 from shared.settings import Settings
 from shared.synth import generate
 from tests.support.processes import CeleryWorker, RedisServer, wait_for

@@ -86,7 +86,7 @@ def parse_variant(text: str) -> tuple[str, str, dict]:
 
 def run_one(name: str, overrides: dict, seed: int, args, data, maps, oracle, run_dir: Path) -> dict:
     from services.student.trainer import TrainConfig, Trainer
-    from shared.jobs import JobSpec
+    from shared.job_spec import JobSpec
 
     spec = JobSpec(dataset="synth", model="vit-tiny", student="vit" if name == "vit" else "ivit", epochs=args.epochs,
                    batch_size=args.batch_size, lr=args.lr, seed=seed)

@@ -27,7 +27,7 @@ from services.student.data import discover
 from services.student.maps import MapRequest, TeacherMaps
 from services.student.model import build_student, count_flops, count_parameters
 from services.student.trainer import TrainConfig, Trainer
-from shared.jobs import JobSpec
+from shared.job_spec import JobSpec
 from shared.synth import generate
 from shared.teacher_client import TeacherClient
 from tests.support.processes import TEAM_KEYS, RedisServer

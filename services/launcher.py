@@ -273,7 +273,8 @@ def _start_services(stack: Stack, host: str, teacher_port: int, dashboard_port: 
 
 def _queue_demo(settings: Settings, data_root: Path, epochs: int, size: int, redis_url: str) -> list[str]:
     from shared.celery_config import make_celery
-    from shared.jobs import JobSpec, JobStore, submit_job
+    from shared.job_spec import JobSpec
+    from shared.jobs import JobStore, submit_job
     from shared.synth import generate
 
     dataset = data_root / "synth"

@@ -1,6 +1,6 @@
 """The names a job spec may give the student: model geometries, student kinds, ablations.
 
-One list for both sides: `shared.jobs.JobSpec` validates against these types, and the student
+One list for both sides: `shared.job_spec.JobSpec` validates against these types, and the student
 (services/student/model.py) keys its tables by the same names and refuses to import if they
 differ. No torch here.
 """

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.errors import InvalidFields
-from shared.jobs import JobSpec, check_spec
+from shared.job_spec import JobSpec, check_spec
 from shared.teams import Team, TeamDirectory
 from shared.web import describe_validation_errors
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import NotFound
-from shared.jobs import JobSpec, JobStatus, JobStore, check_spec, resolve_dataset
+from shared.job_spec import JobSpec, check_spec, resolve_dataset
+from shared.jobs import JobStatus, JobStore
 from shared.settings import Settings
 
 if TYPE_CHECKING:  # torch-side types; the worker's parent process never imports them

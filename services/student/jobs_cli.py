@@ -34,7 +34,7 @@ def _load_spec(path: Path):
     import yaml
     from pydantic import ValidationError
 
-    from shared.jobs import JobSpec
+    from shared.job_spec import JobSpec
 
     try:
         raw = yaml.safe_load(path.read_text())

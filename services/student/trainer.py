@@ -33,7 +33,7 @@ from services.student.maps import MapSource
 from services.student.model import IViTForImageClassification, build_student, freeze_original
 from services.student.model_config import MODES, ModeName, interaction_mode
 from services.student.preprocessing import PREPROCESSOR_FILE, normalisation_for
-from shared.jobs import JobSpec
+from shared.job_spec import JobSpec
 
 log = logging.getLogger("lfi.student.trainer")
 Event = dict[str, Any]

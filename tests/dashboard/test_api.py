@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from shared.jobs import JobSpec, JobStatus, JobStore
+from shared.job_spec import JobSpec
+from shared.jobs import JobStatus, JobStore
 from tests.support.processes import TEAM_KEYS, ServiceProcess, write_teams_file
 
 pytestmark = pytest.mark.slow

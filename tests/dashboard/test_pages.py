@@ -5,7 +5,7 @@ from __future__ import annotations
 from html.parser import HTMLParser
 
 from services.dashboard.pages import job_page, jobs_page
-from shared.jobs import JobSpec
+from shared.job_spec import JobSpec
 
 RECIPE = {"weight_decay", "warmup_steps", "align_weight", "align_layers", "align_rows", "align_heads",
           "kl_direction", "kl_smoothing", "min_crop_mass"}

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from shared.celery_config import NEW_JOB_PRIORITY, RESUME_PRIORITY, TRAIN_QUEUE, TRAIN_TASK, make_celery, queue_lists
-from shared.jobs import ACTIVE_JOBS, JobSpec, JobStatus, JobStore
+from shared.job_spec import JobSpec
+from shared.jobs import ACTIVE_JOBS, JobStatus, JobStore
 from shared.settings import Settings
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from shared.celery_config import make_celery
 from shared.errors import InvalidRequest
-from shared.jobs import JobSpec, JobStore, submit_job
+from shared.job_spec import JobSpec
+from shared.jobs import JobStore, submit_job
 from shared.settings import Settings
 from tests.support.processes import TEAM_KEYS, CeleryWorker, wait_for
 

@@ -10,7 +10,7 @@ from services.student.loader import BatchBuilder
 from services.student.maps import MaskMaps
 from services.student.trainer import TrainConfig, Trainer
 from services.student.transforms import random_resized_view
-from shared.jobs import JobSpec
+from shared.job_spec import JobSpec
 
 
 class ByClassMaps:

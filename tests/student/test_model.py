@@ -14,7 +14,7 @@ from services.student.model import (
     freeze_original,
 )
 from services.student.model_config import ABLATION_MODES, MODEL_SIZES, MODES, student_config
-from shared.jobs import JobSpec
+from shared.job_spec import JobSpec
 from shared.student_names import ABLATION_NAMES, DETECTOR_NAMES, MODEL_NAMES
 
 

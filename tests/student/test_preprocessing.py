@@ -14,7 +14,7 @@ from services.student.loader import BatchBuilder, denormalise, normalise
 from services.student.model_config import student_config
 from services.student.preprocessing import DEFAULT, Normalisation, normalisation_for
 from services.student.trainer import TrainConfig, Trainer
-from shared.jobs import JobSpec
+from shared.job_spec import JobSpec
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]

@@ -13,7 +13,7 @@ from services.student.data import discover
 from services.student.maps import MaskMaps
 from services.student.model_config import student_config
 from services.student.trainer import TrainConfig, Trainer
-from shared.jobs import JobSpec
+from shared.job_spec import JobSpec
 
 
 def _config(root, **overrides) -> TrainConfig:

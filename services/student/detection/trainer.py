@@ -31,7 +31,7 @@ from services.student.maps import MapSource
 from services.student.model_config import ABLATION_MODES, MODES, ModeName
 from services.student.trainer import TrainResult, pick_device, warmup_cosine
 from shared.coco import CocoDataset, CocoSplit
-from shared.jobs import JobSpec
+from shared.job_spec import JobSpec
 
 log = logging.getLogger("lfi.student.detection.trainer")
 Event = dict[str, Any]

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from shared.celery_config import make_celery
 from shared.errors import InvalidField
-from shared.jobs import JobSpec, JobStore, check_spec, submit_job
+from shared.job_spec import JobSpec, check_spec
+from shared.jobs import JobStore, submit_job
 from shared.settings import Settings
 from tests.support.processes import TEAM_KEYS, CeleryWorker, wait_for
 

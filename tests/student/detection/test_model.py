@@ -12,7 +12,7 @@ from services.student.detection.model import (
     cross_attentions,
     interaction_parameters,
 )
-from shared.jobs import JobSpec
+from shared.job_spec import JobSpec
 from shared.student_names import DETECTOR_NAMES
 
 LABELS = [{"class_labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]])},

@@ -16,7 +16,7 @@ from services.student.detection.oracle import InstanceMaskMaps
 from services.student.detection.trainer import DetectionConfig, DetectionTrainer
 from shared.coco import discover_coco
 from shared.detection_synth import generate_detection
-from shared.jobs import JobSpec
+from shared.job_spec import JobSpec
 
 
 @pytest.fixture(scope="module")
