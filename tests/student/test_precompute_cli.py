@@ -1,4 +1,4 @@
-"""`lfi maps`: bulk precompute through a real teacher, resumable, exported to a map store."""
+"""`lfi maps` (services/student/precompute.py) through a real teacher: resumable, unreadable images skipped, exported to a map store."""
 
 from __future__ import annotations
 
@@ -40,9 +40,12 @@ def test_precompute_is_resumable_and_exports_a_store(teacher, tmp_path):
     server = teacher()
     data = _dataset(tmp_path / "data")
     first = _maps(server.url, str(data), "--grid", "7x7", "--batch-size", "4", cwd=tmp_path)
-    assert first == {"images": 7, "computed": 6, "cached": 0, "unreadable": 1, "failed": 0, "exported": 0}
+    counts = ("images", "computed", "cached", "unreadable", "failed", "exported", "unlabelled")
+    assert {k: first[k] for k in counts} == {"images": 7, "computed": 6, "cached": 0, "unreadable": 1, "failed": 0,
+                                             "exported": 0, "unlabelled": 0}
     second = _maps(server.url, str(data), "--grid", "7x7", "--export", str(tmp_path / "store"), cwd=tmp_path)
-    assert second == {"images": 7, "computed": 0, "cached": 6, "unreadable": 1, "failed": 0, "exported": 6}
+    assert {k: second[k] for k in counts} == {"images": 7, "computed": 0, "cached": 6, "unreadable": 1, "failed": 0,
+                                              "exported": 6, "unlabelled": 0}
     store = MapStore(tmp_path / "store")
     assert len(store) == 6 and sorted(store.images) == [f"{c}/{i}.png" for c in ("circle", "square") for i in range(3)]
     m = store.for_image("circle/0.png")
