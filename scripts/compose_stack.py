@@ -38,6 +38,8 @@ LOCAL_BASE = "lfi-base:bookworm"
 HUB_BASE, HUB_REDIS = "python:3.11-slim", "redis:7-alpine"
 # python3-venv: the Dockerfile's virtual environment; redis-server: the redis service; curl: health checks
 BASE_PACKAGES = ["python3", "python3-venv", "ca-certificates", "redis-server", "curl", "passwd"]
+# The local base is made for this machine: it trusts what the host trusts (a proxy's CA included)
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 TORCH_VERSION = "2.13.0"
 PROFILE = "cpu"
 DEMO_KEY = "demo-key"
@@ -158,6 +160,8 @@ def ensure_local_base() -> str:
             for item in (rootfs / cache).glob("*"):
                 if item.is_file():
                     item.unlink()
+        if HOST_CA_BUNDLE.is_file():  # pip inside the build goes through whatever TLS proxy the host trusts
+            shutil.copyfile(HOST_CA_BUNDLE, rootfs / "etc/ssl/certs/ca-certificates.crt")
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         _logged(["docker", "import", "--change", 'CMD ["/bin/bash"]', "-", LOCAL_BASE],
                 LOG_DIR / "import.log", f"docker import {LOCAL_BASE}", stdin=tar.stdout)
@@ -212,21 +216,25 @@ def profile_builds(env: dict[str, str]) -> dict[str, dict]:
     return builds
 
 
+def build_image(env: dict[str, str], image: str, build: dict) -> None:
+    """`docker build --network host` with the compose file's build section for `image`."""
+    context = Path(build.get("context", "."))
+    args = [f"--build-arg={k}={v}" for k, v in (build.get("args") or {}).items()]
+    cmd = ["docker", "build", "--network", "host", "-f", str(context / build.get("dockerfile", "Dockerfile")),
+           *args, "-t", image, str(context)]
+    # the classic builder: the same on Docker 20.10 with or without buildx; multi-stage is all we need
+    _logged(cmd, LOG_DIR / f"build-{image.replace(':', '_').replace('/', '_')}.log", f"docker build {image}",
+            env={**env, "DOCKER_BUILDKIT": "0"},
+            progress=lambda line: line.strip()[:90] if line.startswith("Step ") else None)
+
+
 def build_images(env: dict[str, str]) -> list[str]:
     """Build (Docker's layer cache makes an unchanged image a few seconds) every image of the profile."""
     fill_wheelhouse()
-    built = []
-    for image, build in profile_builds(env).items():
-        context = Path(build.get("context", "."))
-        args = [f"--build-arg={k}={v}" for k, v in (build.get("args") or {}).items()]
-        cmd = ["docker", "build", "--network", "host", "-f", str(context / build.get("dockerfile", "Dockerfile")),
-               *args, "-t", image, str(context)]
-        # the classic builder: the same on Docker 20.10 with or without buildx; multi-stage is all we need
-        _logged(cmd, LOG_DIR / f"build-{image.replace(':', '_').replace('/', '_')}.log", f"docker build {image}",
-                env={**env, "DOCKER_BUILDKIT": "0"},
-                progress=lambda line: line.strip()[:90] if line.startswith("Step ") else None)
-        built.append(image)
-    return built
+    builds = profile_builds(env)
+    for image, build in builds.items():
+        build_image(env, image, build)
+    return list(builds)
 
 
 def prepare_data(size: int) -> Path:

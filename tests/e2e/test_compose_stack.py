@@ -185,7 +185,7 @@ def _crash(stack: Stack, service: str) -> dict:
 
 
 def test_a_worker_killed_mid_job_is_restarted_and_the_job_finishes(stack: Stack) -> None:
-    job_id = stack.queue(student="vit", epochs=6)  # 48 steps
+    job_id = stack.queue(student="vit", epochs=6)
     wait_for(lambda: (stack.job(job_id).get("last_checkpoint") or {}).get("global_step", 0) >= 2 * CHECKPOINT_EVERY,
              300, "a second checkpoint", interval_s=0.5)
     before = _crash(stack, "worker-cpu")
@@ -197,7 +197,7 @@ def test_a_worker_killed_mid_job_is_restarted_and_the_job_finishes(stack: Stack)
     assert 0 <= lost <= CHECKPOINT_EVERY
     record = stack.finished(job_id)
     assert record["status"] == "succeeded", (record.get("error"), stack.logs("worker-cpu"))
-    assert record["starts"] == 2 and record["global_step"] == record["total_steps"] == 48
+    assert record["starts"] == 2 and record["global_step"] == record["total_steps"]
     metrics = httpx.get(f"{stack.dashboard}/jobs/{job_id}/metrics", headers=stack.auth, timeout=10).json()
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4, 5, 6]  # each epoch once
     wait_for(lambda: stack.container("worker-cpu")["State"]["Health"]["Status"] == "healthy", 180,
@@ -215,7 +215,7 @@ def test_redis_restarted_mid_run_keeps_jobs_queue_and_maps(stack: Stack, map_req
     for job_id in (running, queued):
         record = stack.finished(job_id)
         assert record["status"] == "succeeded", (job_id, record.get("error"), stack.logs("worker-cpu"))
-    assert stack.job(running)["global_step"] == 32 and stack.job(queued)["global_step"] == 8
+        assert record["global_step"] == record["total_steps"] and record["starts"] == 1
     cached = httpx.get(f"{stack.teacher}/interactions/{key}", headers=stack.auth, timeout=30)
     assert cached.status_code == 200, cached.text  # the map cache came back from the append-only file
 
