@@ -69,6 +69,7 @@ def _logged(cmd: list[str], log: Path, what: str, *, env: dict[str, str] | None 
                                 stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             out.write(line)
+            out.flush()  # the log can be followed while it runs
             step = progress(line) if progress else None
             if step:
                 status.update(f"{what}: {step} ({time.monotonic() - started:.0f} s)")
