@@ -200,10 +200,8 @@ def fill_wheelhouse() -> None:
 
 
 def compose_env(project: str, images: dict[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "COMPOSE_PROFILES": PROFILE, "COMPOSE_PROJECT_NAME": project, **(images or {})}
-    env.setdefault("LFI_BASE_IMAGE", HUB_BASE)  # down and config need no real value
-    env.setdefault("LFI_REDIS_IMAGE", HUB_REDIS)
-    return env
+    """The environment compose runs in; without `images` the compose file's defaults (Docker Hub's)."""
+    return {**os.environ, "COMPOSE_PROFILES": PROFILE, "COMPOSE_PROJECT_NAME": project, **(images or {})}
 
 
 def profile_builds(env: dict[str, str]) -> dict[str, dict]:
@@ -241,7 +239,12 @@ def build_images(env: dict[str, str]) -> list[str]:
 def prepare_data(size: int) -> Path:
     """The synthetic set the first jobs train on, where the compose file mounts the data from."""
     data_host = Path(os.environ.get("LFI_DATA_HOST", "./data"))
-    dataset = (data_host if data_host.is_absolute() else ROOT / data_host) / "synth"
+    data_host = data_host if data_host.is_absolute() else ROOT / data_host
+    dataset = data_host / "synth"
+    data_host.mkdir(parents=True, exist_ok=True)
+    if data_host.stat().st_mode & 0o005 != 0o005:  # the services run as uid 1000 (user lfi), not as its owner
+        raise StackError(f"the containers can't read {data_host}: `chmod o+rx {data_host}`, or mount another "
+                         "folder with LFI_DATA_HOST")
     if (dataset / "annotations.jsonl").exists():
         return dataset
     from shared.synth import generate

@@ -114,6 +114,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with LOCK.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = tmp_path_factory.mktemp("compose-data")
+        data.chmod(0o755)  # pytest makes it 0700; the services run as uid 1000
         ports = {"LFI_TEACHER_PORT": _port_or_free(8100), "LFI_DASHBOARD_PORT": _port_or_free(8300)}
         env = {**compose_stack.compose_env(PROJECT), "LFI_DATA_HOST": str(data),
                **{k: str(v) for k, v in ports.items()}}
