@@ -2,8 +2,9 @@
 
 Times each step of `scripts/compose_stack.py build` as `make compose-up` runs it: the local Debian base
 (debootstrap + docker import, only where Docker Hub can't be reached) and each image of the cpu
-profile, then prints every image's size. `--cold` first removes the base and the lfi images (and with
-them Docker's layer cache for these builds), as on a fresh machine; without it the numbers are a
+profile, then prints every image's size. `--cold` first removes the base, the lfi images and their
+build stages (every image labelled lfi.project=lfi: Docker's layer cache for these builds), as on a
+fresh machine; without it the numbers are a
 rebuild with nothing changed.
 
     python bench/compose_build.py [--cold]
@@ -43,8 +44,11 @@ def main() -> None:
     env = stack.compose_env(args.project)
     images = list(stack.profile_builds(env))
     if args.cold:
-        subprocess.run(["docker", "rmi", "-f", *images, stack.LOCAL_BASE], capture_output=True)
-        subprocess.run(["docker", "image", "prune", "-f"], capture_output=True)
+        # the tagged images, then everything they were built from (build stages, the base): no layer cache left
+        subprocess.run(["docker", "rmi", "-f", *images], capture_output=True)
+        subprocess.run(["docker", "image", "prune", "-a", "-f", "--filter", f"label={stack.PROJECT_LABEL}"],
+                       capture_output=True, check=True)
+        subprocess.run(["docker", "rmi", "-f", stack.LOCAL_BASE], capture_output=True)
     rows = []
     started = time.monotonic()
     bases = stack.base_images()

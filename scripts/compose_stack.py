@@ -35,6 +35,7 @@ from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_BASE = "lfi-base:bookworm"
+PROJECT_LABEL = "lfi.project=lfi"  # on the local base and on every image and build stage docker/Dockerfile makes
 HUB_BASE, HUB_REDIS = "python:3.11-slim", "redis:7-alpine"
 # python3-venv: the Dockerfile's virtual environment; redis-server: the redis service; curl: health checks
 BASE_PACKAGES = ["python3", "python3-venv", "ca-certificates", "redis-server", "curl", "passwd"]
@@ -164,7 +165,8 @@ def ensure_local_base() -> str:
         if HOST_CA_BUNDLE.is_file():  # pip inside the build goes through whatever TLS proxy the host trusts
             shutil.copyfile(HOST_CA_BUNDLE, rootfs / "etc/ssl/certs/ca-certificates.crt")
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        _logged(["docker", "import", "--change", 'CMD ["/bin/bash"]', "-", LOCAL_BASE],
+        _logged(["docker", "import", "--change", 'CMD ["/bin/bash"]', "--change", f"LABEL {PROJECT_LABEL}", "-",
+                 LOCAL_BASE],
                 LOG_DIR / "import.log", f"docker import {LOCAL_BASE}", stdin=tar.stdout)
         tar.stdout.close()
         if tar.wait() != 0:
