@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import yaml
 from rich.console import Console
@@ -61,7 +62,7 @@ def _run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float | 
 
 
 def _logged(cmd: list[str], log: Path, what: str, *, env: dict[str, str] | None = None,
-            stdin: int | None = None, progress: Callable[[str], str | None] | None = None) -> None:
+            stdin: IO[bytes] | None = None, progress: Callable[[str], str | None] | None = None) -> None:
     """Run `cmd` with its output in `log`, a spinner showing the latest progress line meanwhile."""
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
