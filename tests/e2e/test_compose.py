@@ -24,6 +24,15 @@ def _config(profiles: str) -> dict:
     return yaml.safe_load(result.stdout)
 
 
+def _published(entry: str | dict) -> tuple[str, str, int]:
+    """(host ip, host port, container port) of a ports entry: docker-compose 1.29 prints a host ip in
+    the short form `IP:HOST:TARGET/tcp`, compose v2 always the long form."""
+    if isinstance(entry, dict):
+        return entry.get("host_ip", ""), str(entry.get("published", "")), int(entry["target"])
+    parts = entry.split("/")[0].split(":")
+    return (parts[0] if len(parts) == 3 else ""), parts[-2], int(parts[-1])
+
+
 def test_docker_compose_accepts_the_file_and_the_production_shape_is_there():
     services = _config("gpu")["services"]
     assert {"redis", "teacher", "worker", "dashboard", "teacher-cpu", "worker-cpu"} <= set(services)
@@ -36,7 +45,7 @@ def test_docker_compose_accepts_the_file_and_the_production_shape_is_there():
             assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
     redis = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in redis and "--requirepass test" in redis and "volatile-lru" in redis
-    assert services["dashboard"]["ports"][0]["target"] == 8300
+    assert _published(services["dashboard"]["ports"][0])[2] == 8300
     assert "teacher" in services["teacher-cpu"]["networks"]["default"]["aliases"]
 
 
@@ -65,3 +74,22 @@ def test_every_lfi_command_in_the_compose_file_exists_with_those_options():
         result = subprocess.run([sys.executable, "-m", "services.cli", *command, "--help"], capture_output=True,
                                 text=True, cwd=ROOT, timeout=60)
         assert result.returncode == 0, (command, result.stderr)
+
+
+def test_the_images_default_to_docker_hub_and_a_local_base_can_stand_in(monkeypatch):
+    services = _config("cpu")["services"]
+    assert services["redis"]["image"] == "redis:7-alpine"
+    assert "ports" not in services["redis"]  # the host's own Redis may hold 6379
+    for name in ("teacher", "worker", "teacher-cpu", "worker-cpu", "dashboard"):
+        assert services[name]["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim", name
+    # one CPU image for the teacher and the worker: one torch install to build and store
+    assert services["teacher-cpu"]["image"] == services["worker-cpu"]["image"] == "lfi-cpu:latest"
+    assert services["teacher-cpu"]["build"] == services["worker-cpu"]["build"]
+    published = {name: _published(services[name]["ports"][0]) for name in ("teacher-cpu", "dashboard")}
+    assert published == {"teacher-cpu": ("127.0.0.1", "8100", 8100), "dashboard": ("127.0.0.1", "8300", 8300)}
+    monkeypatch.setenv("LFI_BASE_IMAGE", "lfi-base:bookworm")
+    monkeypatch.setenv("LFI_REDIS_IMAGE", "lfi-base:bookworm")
+    local = _config("cpu")["services"]
+    assert local["redis"]["image"] == "lfi-base:bookworm"
+    assert local["dashboard"]["build"]["args"]["BASE_IMAGE"] == "lfi-base:bookworm"
+    assert "--dir /data" in " ".join(local["redis"]["command"])  # the volume, whatever the image's workdir

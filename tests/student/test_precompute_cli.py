@@ -1,4 +1,5 @@
-"""`lfi maps` (services/student/precompute.py) through a real teacher: resumable, unreadable images skipped, exported to a map store."""
+"""`lfi maps` (services/student/precompute.py) on a real teacher: resumable, unreadable images skipped,
+exported to a map store."""
 
 from __future__ import annotations
 
