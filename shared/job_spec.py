@@ -6,7 +6,10 @@ paper's recipe). No torch here: the dashboard validates specs too.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,18 +130,37 @@ def resolve_dataset(dataset: str, data_root: Path, field: str = "dataset") -> Pa
     candidate = Path(dataset)
     if candidate.is_absolute():
         raise InvalidField(field, f"{field} must be a path relative to the data root ({root}), got {dataset!r}")
-    path = (root / candidate).resolve()
-    if path != root and root not in path.parents:
-        raise InvalidField(field, f"{field} {dataset!r} is outside the data root {root}")
-    if not path.is_dir():
-        raise InvalidField(field, f"{field} {dataset!r} is not a folder under the data root {root}")
+    with _readable(field, dataset):
+        path = (root / candidate).resolve()
+        if path != root and root not in path.parents:
+            raise InvalidField(field, f"{field} {dataset!r} is outside the data root {root}")
+        if not path.is_dir():
+            raise InvalidField(field, f"{field} {dataset!r} is not a folder under the data root {root}")
     return path
+
+
+@contextlib.contextmanager
+def _readable(field: str, name: str) -> Iterator[None]:
+    """A folder this process may not read (e.g. a host folder mounted into a container whose user
+    can't open it) is the spec's problem to report, not a 500."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise InvalidField(field, f"{field} {name!r} cannot be read by this service ({exc.strerror}: "
+                                  f"{exc.filename}): make the data folder readable by its user "
+                                  f"(uid {os.getuid()})") from None
 
 
 def check_spec(spec: JobSpec, data_root: Path) -> Path:
     """Checks that need the file system, done when the job is queued so a bad spec never reaches a worker.
     Each failure is an `InvalidField` naming the spec field at fault."""
     path = resolve_dataset(spec.dataset, data_root)
+    with _readable("dataset", spec.dataset):
+        _check_dataset_contents(spec, path, data_root)
+    return path
+
+
+def _check_dataset_contents(spec: JobSpec, path: Path, data_root: Path) -> None:
     if spec.task == "detection":  # a COCO-format set: its splits are annotation files, not folders
         _check_coco(path, spec.eval_domains)
     for domain in spec.eval_domains if spec.task == "classification" else ():
@@ -153,7 +175,6 @@ def check_spec(spec: JobSpec, data_root: Path) -> Path:
         init = resolve_dataset(spec.init, data_root, "init")  # a local pretrained folder must be under the root too
         if not (init / "config.json").exists():
             raise InvalidField("init", f"init {spec.init!r} has no config.json: not a saved ViT")
-    return path
 
 
 def _check_coco(path: Path, eval_domains: list[str]) -> None:
