@@ -19,10 +19,12 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "test-screensh
 
 @pytest.fixture
 def running_stack(tmp_path, redis_server, teacher):
+    from shared.detection_synth import generate_detection
     from shared.synth import generate
 
     data_root = tmp_path / "data"
     generate(data_root / "small", n_train_per_class=8, n_val_per_class=2, n_shifted_per_class=2, seed=0)
+    generate_detection(data_root / "shapes", n_train=8, n_val=4, n_shifted=4, max_objects=2, seed=0)
     server = teacher()
     env = {"LFI_REDIS_URL": redis_server.url, "LFI_TEACHER_URL": server.url, "LFI_TEACHER_KEY": TEAM_KEYS["alpha"],
            "LFI_TEAMS_FILE": str(write_teams_file(tmp_path / "teams-dashboard.yaml")),
@@ -112,3 +114,37 @@ def test_queue_watch_and_cancel_in_a_real_browser(running_stack):
         browser.close()
     assert problems == []
     assert shutil.which("redis-server")
+
+
+def test_a_detection_job_page_shows_coco_map_and_boxes(running_stack):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    url = running_stack
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    job_id = httpx.post(url + "/jobs", headers={"Authorization": f"Bearer {TEAM_KEYS['alpha']}"},
+                        json={"dataset": "shapes", "task": "detection", "epochs": 2, "batch_size": 4,
+                              "eval_domains": ["shifted"]}).json()["id"]
+    problems: list[str] = []
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.goto(f"{url}/jobs/{job_id}/view")
+        page.fill("#key", TEAM_KEYS["alpha"])
+        page.click("#key-form button")
+        page.wait_for_selector("#job-status:has-text('succeeded')", timeout=300_000)
+        # validation and `shifted`, AP and AP50 each, two epochs
+        wait_for(lambda: page.evaluate("document.getElementById('top1').data?.length || 0") == 4, 30,
+                 "the mAP curves")
+        names = page.evaluate("document.getElementById('top1').data.map((t) => t.name)")
+        assert names == ["validation AP", "validation AP50", "shifted AP", "shifted AP50"]
+        assert page.evaluate("document.getElementById('top1').data[0].y.length") == 2
+        # the sample: boxes over the image, then each true object's teacher map and the query's attention
+        page.wait_for_selector("#samples .sample canvas", timeout=30_000)
+        captions = page.locator("#samples figcaption").all_inner_texts()
+        assert any("true" in c and "found" in c for c in captions) and any("C_VLM" in c for c in captions)
+        page.screenshot(path=str(SCREENSHOTS / "dashboard-detection-job.png"), full_page=True)
+        browser.close()
+    assert problems == []
