@@ -333,6 +333,8 @@ async function refreshJob(jobId) {
   const last = epochs.length ? epochs[epochs.length - 1] : null;
   if (last && last.gates && last.gates.some((g) => g)) {
     const layers = last.gates.map((_, i) => "layer " + i);
+    const node = document.getElementById("gates");
+    if (!node.data) node.textContent = "";  // the "no gates yet" note, written before the first epoch
     plot("gates", [
       { type: "bar", name: "g (C_AGT)", x: layers, y: last.gates.map((g) => (g ? g[0] : null)) },
       { type: "bar", name: "g (C_VFM)", x: layers, y: last.gates.map((g) => (g ? g[1] : null)) },
