@@ -19,10 +19,11 @@ from bench.chaos import kill_schedule, overlapping_workers
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-# Half a minute of queueing, and kills every 6-9 s until each kind has died once; about 3 minutes in all
-# on this 2-core box (most of it processes starting: the stack, the teacher again, each job's child).
+# Half a minute of queueing, kills every 6-9 s until each kind has died once, a 5 s job lease (a dead
+# worker's job is reclaimed sooner): 73 s on this 2-core box when quiet, 4-5 min when four other
+# test runs share it (most of it processes starting: the stack, the teacher again, each job's child).
 SHORT = ["--minutes", "0.5", "--seed", "2", "--kill-every", "6", "9", "--restart-after", "2", "3",
-         "--job-every-s", "8", "--min-kills", "4", "--drain-s", "240"]
+         "--job-every-s", "8", "--min-kills", "4", "--drain-s", "240", "--lease-s", "5"]
 
 
 def test_the_schedule_is_fixed_by_the_seed_and_every_kind_dies_in_the_first_round():
