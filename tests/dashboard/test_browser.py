@@ -36,11 +36,12 @@ def running_stack(tmp_path, redis_server, teacher):
     worker.stop()
 
 
-def test_queue_watch_and_cancel_in_a_real_browser(running_stack):
+@pytest.fixture
+def browser_page():
+    """A headless chromium page, and the console errors and page errors it reports."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     playwright_api = pytest.importorskip("playwright.sync_api")
-    url = running_stack
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
     with playwright_api.sync_playwright() as p:
@@ -48,103 +49,99 @@ def test_queue_watch_and_cancel_in_a_real_browser(running_stack):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.goto(url + "/")
-        page.fill("#key", TEAM_KEYS["alpha"])
-        page.click("#key-form button")
-        page.wait_for_selector("#whoami:has-text('alpha')")
-
-        # an invalid spec is refused with the field marked
-        page.fill("#job-form [name=dataset]", "small")
-        page.fill("#job-form [name=lr]", "-1")
-        page.click("#queue")
-        page.wait_for_selector("#form-errors:has-text('lr')")
-        assert page.locator("#job-form [name=lr].invalid").count() == 1
-        page.screenshot(path=str(SCREENSHOTS / "dashboard-invalid-spec.png"), full_page=True)
-
-        # queue through the form
-        page.fill("#job-form [name=lr]", "0.001")
-        page.fill("#job-form [name=epochs]", "3")
-        page.fill("#job-form [name=batch_size]", "8")
-        page.fill("#job-form [name=checkpoint_every]", "2")
-        page.fill("#job-form [name=eval_domains]", "shifted")
-        page.click("#queue")
-        page.wait_for_selector("#notice:has-text('queued job')")
-        job_id = page.inner_text("#notice").split()[-1]
-
-        # another job, queued behind it (one worker), cancelled from the table
-        other = httpx.post(url + "/jobs", headers={"Authorization": f"Bearer {TEAM_KEYS['alpha']}"},
-                           json={"dataset": "small", "epochs": 50, "batch_size": 8}).json()["id"]
-        page.wait_for_selector(f"tr[data-job='{other}'] button.cancel")
-        page.click(f"tr[data-job='{other}'] button.cancel")
-        page.wait_for_selector(f"tr[data-job='{other}'][data-status='cancelled']", timeout=30_000)
-
-        # the progress bar moves
-        widths = []
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            width = page.eval_on_selector(f"tr[data-job='{job_id}'] .bar", "b => parseFloat(b.style.width) || 0")
-            if not widths or width != widths[-1]:
-                widths.append(width)
-            if width >= 100:
-                break
-            time.sleep(0.2)
-        assert len(widths) >= 3 and widths == sorted(widths) and widths[-1] >= 100, widths
-        page.screenshot(path=str(SCREENSHOTS / "dashboard-jobs.png"), full_page=True)
-
-        # the job's page: curves, gates and sample maps appear
-        page.goto(f"{url}/jobs/{job_id}/view")
-        page.wait_for_selector("#job-status:has-text('succeeded')", timeout=120_000)
-        wait_for(lambda: page.evaluate("document.getElementById('loss').data?.[0]?.x?.length || 0") >= 12, 30,
-                 "the loss curve")
-        wait_for(lambda: page.evaluate("document.getElementById('top1').data?.[1]?.y?.length || 0") == 3, 30,
-                 "the top-1 curve")
-        assert page.evaluate("document.getElementById('gates').data?.length") == 2
-        page.wait_for_selector("#samples canvas", timeout=30_000)
-        assert page.locator("#samples .sample").count() >= 1
-        page.screenshot(path=str(SCREENSHOTS / "dashboard-job.png"), full_page=True)
-
-        # comparing two jobs on one chart (Figure 3 style)
-        page.goto(url + "/")
-        page.wait_for_selector(f"tr[data-job='{job_id}'] input[type=checkbox]")
-        page.check(f"tr[data-job='{job_id}'] input[type=checkbox]")
-        wait_for(lambda: page.evaluate("document.getElementById('compare').data?.length || 0") >= 1, 30,
-                 "the comparison chart")
-        wait_for(lambda: "cache hit rate" in page.inner_text("#teacher-summary"), 30, "the teacher panel")
-        page.screenshot(path=str(SCREENSHOTS / "dashboard-compare-teacher.png"), full_page=True)
+        yield page, problems
         browser.close()
+
+
+def test_queue_watch_and_cancel_in_a_real_browser(running_stack, browser_page):
+    url = running_stack
+    page, problems = browser_page
+    page.goto(url + "/")
+    page.fill("#key", TEAM_KEYS["alpha"])
+    page.click("#key-form button")
+    page.wait_for_selector("#whoami:has-text('alpha')")
+
+    # an invalid spec is refused with the field marked
+    page.fill("#job-form [name=dataset]", "small")
+    page.fill("#job-form [name=lr]", "-1")
+    page.click("#queue")
+    page.wait_for_selector("#form-errors:has-text('lr')")
+    assert page.locator("#job-form [name=lr].invalid").count() == 1
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-invalid-spec.png"), full_page=True)
+
+    # queue through the form
+    page.fill("#job-form [name=lr]", "0.001")
+    page.fill("#job-form [name=epochs]", "3")
+    page.fill("#job-form [name=batch_size]", "8")
+    page.fill("#job-form [name=checkpoint_every]", "2")
+    page.fill("#job-form [name=eval_domains]", "shifted")
+    page.click("#queue")
+    page.wait_for_selector("#notice:has-text('queued job')")
+    job_id = page.inner_text("#notice").split()[-1]
+
+    # another job, queued behind it (one worker), cancelled from the table
+    other = httpx.post(url + "/jobs", headers={"Authorization": f"Bearer {TEAM_KEYS['alpha']}"},
+                       json={"dataset": "small", "epochs": 50, "batch_size": 8}).json()["id"]
+    page.wait_for_selector(f"tr[data-job='{other}'] button.cancel")
+    page.click(f"tr[data-job='{other}'] button.cancel")
+    page.wait_for_selector(f"tr[data-job='{other}'][data-status='cancelled']", timeout=30_000)
+
+    # the progress bar moves
+    widths = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        width = page.eval_on_selector(f"tr[data-job='{job_id}'] .bar", "b => parseFloat(b.style.width) || 0")
+        if not widths or width != widths[-1]:
+            widths.append(width)
+        if width >= 100:
+            break
+        time.sleep(0.2)
+    assert len(widths) >= 3 and widths == sorted(widths) and widths[-1] >= 100, widths
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-jobs.png"), full_page=True)
+
+    # the job's page: curves, gates and sample maps appear
+    page.goto(f"{url}/jobs/{job_id}/view")
+    page.wait_for_selector("#job-status:has-text('succeeded')", timeout=120_000)
+    wait_for(lambda: page.evaluate("document.getElementById('loss').data?.[0]?.x?.length || 0") >= 12, 30,
+             "the loss curve")
+    wait_for(lambda: page.evaluate("document.getElementById('top1').data?.[1]?.y?.length || 0") == 3, 30,
+             "the top-1 curve")
+    assert page.evaluate("document.getElementById('gates').data?.length") == 2
+    page.wait_for_selector("#samples canvas", timeout=30_000)
+    assert page.locator("#samples .sample").count() >= 1
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-job.png"), full_page=True)
+
+    # comparing two jobs on one chart (Figure 3 style)
+    page.goto(url + "/")
+    page.wait_for_selector(f"tr[data-job='{job_id}'] input[type=checkbox]")
+    page.check(f"tr[data-job='{job_id}'] input[type=checkbox]")
+    wait_for(lambda: page.evaluate("document.getElementById('compare').data?.length || 0") >= 1, 30,
+             "the comparison chart")
+    wait_for(lambda: "cache hit rate" in page.inner_text("#teacher-summary"), 30, "the teacher panel")
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-compare-teacher.png"), full_page=True)
     assert problems == []
     assert shutil.which("redis-server")
 
 
-def test_a_detection_job_page_shows_coco_map_and_boxes(running_stack):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
+def test_a_detection_job_page_shows_coco_map_and_boxes(running_stack, browser_page):
     url = running_stack
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page, problems = browser_page
     job_id = httpx.post(url + "/jobs", headers={"Authorization": f"Bearer {TEAM_KEYS['alpha']}"},
                         json={"dataset": "shapes", "task": "detection", "epochs": 2, "batch_size": 4,
                               "eval_domains": ["shifted"]}).json()["id"]
-    problems: list[str] = []
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.goto(f"{url}/jobs/{job_id}/view")
-        page.fill("#key", TEAM_KEYS["alpha"])
-        page.click("#key-form button")
-        page.wait_for_selector("#job-status:has-text('succeeded')", timeout=300_000)
-        # validation and `shifted`, AP and AP50 each, two epochs
-        wait_for(lambda: page.evaluate("document.getElementById('top1').data?.length || 0") == 4, 30,
-                 "the mAP curves")
-        names = page.evaluate("document.getElementById('top1').data.map((t) => t.name)")
-        assert names == ["validation AP", "validation AP50", "shifted AP", "shifted AP50"]
-        assert page.evaluate("document.getElementById('top1').data[0].y.length") == 2
-        # the sample: boxes over the image, then each true object's teacher map and the query's attention
-        page.wait_for_selector("#samples .sample canvas", timeout=30_000)
-        captions = page.locator("#samples figcaption").all_inner_texts()
-        assert any("true" in c and "found" in c for c in captions) and any("C_VLM" in c for c in captions)
-        page.screenshot(path=str(SCREENSHOTS / "dashboard-detection-job.png"), full_page=True)
-        browser.close()
+    page.goto(f"{url}/jobs/{job_id}/view")
+    page.fill("#key", TEAM_KEYS["alpha"])
+    page.click("#key-form button")
+    page.wait_for_selector("#job-status:has-text('succeeded')", timeout=300_000)
+    # validation and `shifted`, AP and AP50 each, two epochs
+    wait_for(lambda: page.evaluate("document.getElementById('top1').data?.length || 0") == 4, 30,
+             "the mAP curves")
+    names = page.evaluate("document.getElementById('top1').data.map((t) => t.name)")
+    assert names == ["validation AP", "validation AP50", "shifted AP", "shifted AP50"]
+    assert page.evaluate("document.getElementById('top1').data[0].y.length") == 2
+    # the sample: boxes over the image, then each true object's teacher map and the query's attention
+    page.wait_for_selector("#samples .sample canvas", timeout=30_000)
+    captions = page.locator("#samples figcaption").all_inner_texts()
+    assert any("true" in c and "found" in c for c in captions) and any("C_VLM" in c for c in captions)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-detection-job.png"), full_page=True)
     assert problems == []
