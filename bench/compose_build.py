@@ -13,25 +13,17 @@ rebuild with nothing changed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
+import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def _compose_stack():
-    spec = importlib.util.spec_from_file_location("compose_stack", ROOT / "scripts" / "compose_stack.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts import compose_stack as stack
 
 
 def _size_mb(image: str) -> float:
-    out = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", image], capture_output=True, text=True,
-                         check=True).stdout
-    return int(out) / 1e6
+    return int(stack.docker("image", "inspect", "-f", "{{.Size}}", image).stdout) / 1e6
 
 
 def main() -> None:
@@ -39,16 +31,14 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="remove the base and the images first")
     parser.add_argument("--project", default="lfi-bench")
     args = parser.parse_args()
-    stack = _compose_stack()
     stack.ensure_engine()
     env = stack.compose_env(args.project)
     images = list(stack.profile_builds(env))
     if args.cold:
         # the tagged images, then everything they were built from (build stages, the base): no layer cache left
-        subprocess.run(["docker", "rmi", "-f", *images], capture_output=True)
-        subprocess.run(["docker", "image", "prune", "-a", "-f", "--filter", f"label={stack.PROJECT_LABEL}"],
-                       capture_output=True, check=True)
-        subprocess.run(["docker", "rmi", "-f", stack.LOCAL_BASE], capture_output=True)
+        stack.docker("rmi", "-f", *images, check=False)
+        stack.docker("image", "prune", "-a", "-f", "--filter", f"label={stack.PROJECT_LABEL}")
+        stack.docker("rmi", "-f", stack.LOCAL_BASE, check=False)
     rows = []
     started = time.monotonic()
     bases = stack.base_images()

@@ -19,8 +19,6 @@ fields (align_weight, align_layers=0+1, ablation, lr, model).
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +28,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._seeds import baseline_label, parse_variant, report, run_seeds
+
+VARIANTS = ("detr", "idetr", "oracle")
 
 
 class PrecomputedInstanceMaps:
@@ -72,23 +74,6 @@ def teacher_maps(teacher: str, data, batch: int = 32) -> tuple[dict, dict]:
                   "degenerate": degenerate / max(1, len(objects))}
 
 
-def parse_variant(text: str) -> tuple[str, str, dict]:
-    name, _, options = text.partition(":")
-    if name not in {"detr", "idetr", "oracle"}:
-        raise SystemExit(f"unknown variant {name!r}: use detr, idetr or oracle")
-    overrides: dict = {}
-    for item in filter(None, options.split(",")):
-        key, _, value = item.partition("=")
-        if key == "align_layers":
-            overrides[key] = [int(v) for v in value.split("+")]
-        else:
-            try:
-                overrides[key] = json.loads(value)
-            except json.JSONDecodeError:
-                overrides[key] = value
-    return text, name, overrides
-
-
 def run_one(name: str, overrides: dict, seed: int, args, data, sources: dict, run_dir: Path) -> dict:
     from services.student.detection.trainer import DetectionConfig, DetectionTrainer
     from shared.job_spec import JobSpec
@@ -102,24 +87,6 @@ def run_one(name: str, overrides: dict, seed: int, args, data, sources: dict, ru
                 "shifted": h["heldout_map"]["shifted"]["AP"], "shifted50": h["heldout_map"]["shifted"]["AP50"],
                 "task_loss": h["task_loss"], "align_loss": h["align_loss"]} for h in result.history]
     return {"seed": seed, "history": history, "seconds": time.perf_counter() - began}
-
-
-def summarise(runs: dict[str, list[dict]], baseline: str) -> list[dict]:
-    target = statistics.mean(max(h["val"] for h in run["history"]) for run in runs[baseline])
-    rows = []
-    for variant, seeds in runs.items():
-        last = [run["history"][-1] for run in seeds]
-        reach = [next((h["epoch"] for h in run["history"] if h["val"] >= target - 1e-9), None) for run in seeds]
-        rows.append({"variant": variant, **{key: [h[key] for h in last] for key in ("val", "val50", "shifted",
-                                                                                    "shifted50")},
-                     "epochs_to_target": reach, "target": target,
-                     "seconds": statistics.mean(run["seconds"] for run in seeds)})
-    return rows
-
-
-def _pm(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
 
 
 def _arguments() -> argparse.Namespace:
@@ -152,9 +119,8 @@ def main() -> None:
     args = _arguments()
     torch.set_num_threads(args.threads)
     console = Console()
-    variants = [parse_variant(v) for v in args.variants]
+    variants = [parse_variant(v, VARIANTS) for v in args.variants]
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="lfi-detr-effect-") as tmp:
         root = Path(tmp) / "shapes"
         generate_detection(root, n_train=args.train, n_val=args.eval, n_shifted=args.eval, seed=args.data_seed)
@@ -163,36 +129,16 @@ def main() -> None:
         if any(name == "idetr" for _, name, _ in variants):
             maps, teacher_info = teacher_maps(args.teacher, data)
         sources = {"idetr": PrecomputedInstanceMaps(maps), "oracle": InstanceMaskMaps(data)}
-        for label, name, overrides in variants:
-            for seed in seeds:
-                with console.status(f"{label} seed {seed}"):
-                    run = run_one(name, overrides, seed, args, data, sources, Path(tmp) / f"{label}-{seed}")
-                last = run["history"][-1]
-                console.print(f"{label} seed {seed}: val AP {last['val']:.3f} shifted AP {last['shifted']:.3f} "
-                              f"({run['seconds']:.0f} s)")
-                runs.setdefault(label, []).append(run)
-    _report(console, args, variants, runs, teacher_info)
-
-
-def _report(console, args, variants, runs: dict[str, list[dict]], teacher_info: dict) -> None:
-    from rich.table import Table
-
-    baseline = next((label for label, name, _ in variants if name == "detr"), variants[0][0])
-    rows = summarise(runs, baseline)
-    table = Table(title=f"{args.model}, {args.epochs} epochs, {args.train} train images, seeds {args.seeds}; "
-                        "COCO AP % mean ± std")
-    for column in ("variant", "val AP", "val AP50", "shifted AP", "shifted AP50", f"epochs to {baseline}'s best val",
-                   "s / run"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        reach = ", ".join("-" if r is None else str(r) for r in row["epochs_to_target"])
-        table.add_row(row["variant"], _pm(row["val"]), _pm(row["val50"]), _pm(row["shifted"]), _pm(row["shifted50"]),
-                      f"{reach} (target {100 * row['target']:.1f})", f"{row['seconds']:.0f}")
-    console.print(table)
-    console.print(f"teacher {args.teacher}: {json.dumps(teacher_info)}")
-    if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "teacher": teacher_info,
-                                         "summary": rows, "runs": runs}, indent=2, default=str))
+        runs = run_seeds(console, variants, seeds,
+                         lambda label, name, overrides, seed: run_one(name, overrides, seed, args, data, sources,
+                                                                      Path(tmp) / f"{label}-{seed}"),
+                         lambda last: f"val AP {last['val']:.3f} shifted AP {last['shifted']:.3f}")
+    baseline = baseline_label(variants, "detr")
+    report(console, args, runs, baseline=baseline,
+           title=f"{args.model}, {args.epochs} epochs, {args.train} train images, seeds {args.seeds}; "
+                 "COCO AP % mean ± std",
+           columns={"val": "val AP", "val50": "val AP50", "shifted": "shifted AP", "shifted50": "shifted AP50"},
+           teacher_info=teacher_info)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,21 @@ def _run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float | 
     return proc
 
 
+def docker(*args: str, timeout: float | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`docker ARGS`, its output captured; unless `check=False` a failure raises StackError with its stderr.
+    The one docker helper of this script, bench/compose_build.py and tests/e2e/test_compose_stack.py."""
+    return _run(["docker", *args], timeout=timeout, check=check)
+
+
+def containers(project: str, service: str | None = None) -> list[dict]:
+    """`docker inspect` of the project's containers, running or not (only one service's, given one)."""
+    filters = ["--filter", f"label=com.docker.compose.project={project}"]
+    if service is not None:
+        filters += ["--filter", f"label=com.docker.compose.service={service}"]
+    ids = docker("ps", "-aq", *filters).stdout.split()
+    return json.loads(docker("inspect", *ids).stdout) if ids else []
+
+
 def _logged(cmd: list[str], log: Path, what: str, *, env: dict[str, str] | None = None,
             stdin: IO[bytes] | None = None, progress: Callable[[str], str | None] | None = None) -> None:
     """Run `cmd` with its output in `log`, a spinner showing the latest progress line meanwhile."""
@@ -85,7 +100,7 @@ def _logged(cmd: list[str], log: Path, what: str, *, env: dict[str, str] | None 
 def engine_answers() -> bool:
     if shutil.which("docker") is None:
         return False
-    return _run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=30, check=False).returncode == 0
+    return docker("info", "--format", "{{.ServerVersion}}", timeout=30, check=False).returncode == 0
 
 
 def ensure_engine(timeout_s: float = 90) -> None:
@@ -111,7 +126,7 @@ def ensure_engine(timeout_s: float = 90) -> None:
 
 def compose_command() -> list[str]:
     """`docker compose` (v2) where the plugin is installed, else Debian's docker-compose (1.29)."""
-    if shutil.which("docker") and _run(["docker", "compose", "version"], check=False).returncode == 0:
+    if shutil.which("docker") and docker("compose", "version", check=False).returncode == 0:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
@@ -119,14 +134,14 @@ def compose_command() -> list[str]:
 
 
 def image_exists(name: str) -> bool:
-    return _run(["docker", "image", "inspect", name], check=False).returncode == 0
+    return docker("image", "inspect", name, check=False).returncode == 0
 
 
 def _pullable(name: str) -> bool:
     if image_exists(name):
         return True
     try:
-        return _run(["docker", "pull", "-q", name], timeout=300, check=False).returncode == 0
+        return docker("pull", "-q", name, timeout=300, check=False).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
@@ -271,25 +286,20 @@ def check_teams_file() -> Path:
     return teams
 
 
-def _containers(project: str) -> list[dict]:
-    ids = _run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"]).stdout.split()
-    return json.loads(_run(["docker", "inspect", *ids]).stdout) if ids else []
-
-
 def wait_healthy(project: str, timeout_s: float) -> list[dict]:
     """Until every container of the project passes its health check; fails on one that has stopped."""
     deadline = time.monotonic() + timeout_s
     with console.status("waiting for the health checks") as status:
         while True:
-            containers = _containers(project)
+            found = containers(project)
             states = {c["Name"].lstrip("/"): (c["State"].get("Health") or {}).get("Status", c["State"]["Status"])
-                      for c in containers}
-            dead = [c["Name"].lstrip("/") for c in containers if c["State"]["Status"] in ("exited", "dead")]
+                      for c in found}
+            dead = [c["Name"].lstrip("/") for c in found if c["State"]["Status"] in ("exited", "dead")]
             if dead:
-                logs = _run(["docker", "logs", "--tail", "40", dead[0]], check=False)
+                logs = docker("logs", "--tail", "40", dead[0], check=False)
                 raise StackError(f"{dead[0]} stopped:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}")
-            if containers and all(s == "healthy" for s in states.values()):
-                return containers
+            if found and all(s == "healthy" for s in states.values()):
+                return found
             if time.monotonic() > deadline:
                 raise StackError(f"not healthy after {timeout_s:.0f} s: {states}")
             status.update("waiting for the health checks: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))

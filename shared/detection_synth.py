@@ -19,15 +19,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from shared.coco import mask_to_rle
-from shared.synth import BACKGROUNDS, CLASSES, _colours, _grid, _rotate, _segment_distance, _texture
+from shared.synth import (
+    BACKGROUNDS,
+    CLASSES,
+    _colours,
+    _draw_shape,
+    _finish,
+    _save_png,
+    _shape_colour,
+    _textured,
+    clear_output,
+)
 
 FORMAT = "lfi-synth-detection"
 VERSION = 1
@@ -47,36 +55,6 @@ def validate_detection_arguments(counts: dict[str, int], max_objects: int, seed:
             raise ValueError(f"{name} must be an integer, got {value!r}")
         if value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _shape(shape: str, size: int, centre: np.ndarray, extent: float, angle: float) -> np.ndarray:
-    """The shape's pixels (HxW bool); the geometry of shared.synth's shapes, at a given place and size."""
-    xs, ys = _grid(size)
-    u, v = _rotate(xs - np.float32(centre[0]), ys - np.float32(centre[1]), angle)
-    half = extent / 2
-    if shape == "circle":
-        return u * u + v * v <= half * half
-    if shape == "square":
-        return (np.abs(u) <= half) & (np.abs(v) <= half)
-    if shape == "triangle":
-        inradius = extent / (2 * np.sqrt(3))
-        inside = np.ones((size, size), dtype=bool)
-        for k in range(3):
-            theta = -np.pi / 2 + k * 2 * np.pi / 3
-            inside &= -(u * np.float32(np.cos(theta)) + v * np.float32(np.sin(theta))) <= inradius
-        return inside
-    bar = extent * 0.17
-    return ((np.abs(u) <= half) & (np.abs(v) <= bar)) | ((np.abs(v) <= half) & (np.abs(u) <= bar))
-
-
-def _shape_colour(rng: np.random.Generator, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
-    """A colour far from every blend of the texture's two, so each shape stands out (as in shared.synth)."""
-    for _ in range(64):
-        colour = rng.uniform(0, 255, size=3)
-        if _segment_distance(colour, c1, c2) >= 110.0:
-            return colour
-    corners = np.array([[r, g, b] for r in (0, 255) for g in (0, 255) for b in (0, 255)], dtype=np.float64)
-    return max(corners, key=lambda c: _segment_distance(c, c1, c2))
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -101,9 +79,8 @@ def make_detection_sample(split: str, index: int, *, seed: int = 0, image_size: 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7, SPLITS.index(split), index]))
     textures = SHIFTED if split == "shifted" else IN_DOMAIN
     background = textures[int(rng.integers(len(textures)))]
-    c1, c2, _ = _colours(rng)
-    weights = _texture(rng, background, image_size)[..., None]
-    image = (1 - weights) * c1.astype(np.float32) + weights * c2.astype(np.float32)
+    c1, c2, _ = _colours(rng)  # its shape colour is unused; drawn all the same, as the stream has always been
+    image = _textured(rng, background, c1, c2, image_size)
     wanted = int(rng.integers(1, max_objects + 1))
     objects: list[dict] = []
     for _ in range(wanted * 20):  # rejection sampling: a crowded image simply gets fewer shapes
@@ -113,7 +90,8 @@ def make_detection_sample(split: str, index: int, *, seed: int = 0, image_size: 
         extent = rng.uniform(*_EXTENT) * image_size
         reach = extent * 0.75  # the farthest any shape reaches from its centre, rotated
         centre = rng.uniform(reach, image_size - reach, size=2)
-        mask = _shape(CLASSES[category], image_size, centre, extent, rng.uniform(-0.44, 0.44))
+        mask = _draw_shape(CLASSES[category], image_size, centre, extent, rng.uniform(-0.44, 0.44),
+                           bar=extent * 0.17)
         if not mask.any():
             continue
         box = _box(mask)
@@ -122,27 +100,11 @@ def make_detection_sample(split: str, index: int, *, seed: int = 0, image_size: 
         objects.append({"category": category, "mask": mask, "box": box})
     for item in objects:
         image[item["mask"]] = _shape_colour(rng, c1, c2).astype(np.float32)
-    image += rng.normal(0.0, 4.0, size=image.shape).astype(np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), objects
+    return _finish(rng, image), objects
 
 
 def _prepare(out: Path) -> None:
-    """New/empty folder, or an earlier output of this generator whose files are replaced."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        try:
-            previous = json.loads((out / "meta.json").read_text())
-        except (OSError, ValueError):
-            previous = None
-        if not isinstance(previous, dict) or previous.get("format") != FORMAT:
-            raise FileExistsError(f"{out} is not empty and is not an {FORMAT} data set; use a new or empty folder")
-        for name in _MANAGED:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+    clear_output(out, FORMAT, _MANAGED)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
 
 
@@ -155,7 +117,7 @@ def _coco_split(out: Path, split: str, count: int, seed: int, image_size: int, m
         pixels, objects = make_detection_sample(split, index, seed=seed, image_size=image_size,
                                                 max_objects=max_objects)
         name = f"{index:06d}.png"
-        Image.fromarray(pixels).save(out / split / name, format="PNG", compress_level=6)
+        _save_png(pixels, out / split / name)
         images.append({"id": index + 1, "file_name": name, "width": image_size, "height": image_size})
         for item in objects:
             x0, y0, x1, y1 = item["box"]

@@ -169,8 +169,16 @@ def _shape_mask(rng: np.random.Generator, shape: str, size: int) -> np.ndarray:
     # Keep the whole (rotated) shape inside the frame: the mask must describe all of it.
     cx, cy = rng.uniform(reach, size - reach, size=2)
     angle = rng.uniform(-_MAX_ROTATION, _MAX_ROTATION)
+    return _draw_shape(shape, size, (cx, cy), extent, angle, bar=thickness / 2)
+
+
+def _draw_shape(shape: str, size: int, centre: tuple[float, float] | np.ndarray, extent: float, angle: float, *,
+                bar: float) -> np.ndarray:
+    """The pixels (HxW bool) of `shape` with this centre, extent (diameter, side, arm span) and rotation;
+    `bar` is half a cross arm's thickness (the other shapes ignore it)."""
     xs, ys = _grid(size)
-    u, v = _rotate(xs - np.float32(cx), ys - np.float32(cy), angle)
+    u, v = _rotate(xs - np.float32(centre[0]), ys - np.float32(centre[1]), angle)
+    half = extent / 2
     if shape == "circle":
         return u * u + v * v <= half * half
     if shape == "square":
@@ -184,7 +192,6 @@ def _shape_mask(rng: np.random.Generator, shape: str, size: int) -> np.ndarray:
             theta = -np.pi / 2 + k * 2 * np.pi / 3
             inside &= -(u * np.float32(np.cos(theta)) + v * np.float32(np.sin(theta))) <= inradius
         return inside
-    bar = thickness / 2
     return ((np.abs(u) <= half) & (np.abs(v) <= bar)) | ((np.abs(v) <= half) & (np.abs(u) <= bar))
 
 
@@ -203,13 +210,30 @@ def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarr
             break
     else:  # practically unreachable; deterministic fallback keeps the texture visible
         c2 = 255 - c1
+    return c1, c2, _shape_colour(rng, c1, c2)
+
+
+def _shape_colour(rng: np.random.Generator, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
+    """A colour far from every blend of the texture's two colours, so a shape stands out."""
     for _ in range(64):
         shape = rng.uniform(0, 255, size=3)
         if _segment_distance(shape, c1, c2) >= _SHAPE_CONTRAST:
-            return c1, c2, shape
+            return shape
     # Fall back to the RGB cube corner farthest from the background colours.
     corners = np.array([[r, g, b] for r in (0, 255) for g in (0, 255) for b in (0, 255)], dtype=np.float64)
-    return c1, c2, max(corners, key=lambda c: _segment_distance(c, c1, c2))
+    return max(corners, key=lambda c: _segment_distance(c, c1, c2))
+
+
+def _textured(rng: np.random.Generator, background: str, c1: np.ndarray, c2: np.ndarray, size: int) -> np.ndarray:
+    """The background (HxWx3 float32): the texture's blend of its two colours."""
+    weights = _texture(rng, background, size)[..., None]
+    return (1 - weights) * c1.astype(np.float32) + weights * c2.astype(np.float32)
+
+
+def _finish(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Gentle pixel noise on the drawn float image, then rounded to uint8 pixels."""
+    image += rng.normal(0.0, _PIXEL_NOISE, size=image.shape).astype(np.float32)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 def _choose_background(rng: np.random.Generator, class_index: int, split: str, correlation: float) -> int:
@@ -236,12 +260,10 @@ def make_sample(split: str, class_index: int, index: int, *, seed: int = 0, corr
     rng = _rng(seed, split, class_index, index)
     background = BACKGROUNDS[_choose_background(rng, class_index, split, correlation)]
     c1, c2, shape_colour = _colours(rng)
-    weights = _texture(rng, background, image_size)[..., None]
-    image = (1 - weights) * c1.astype(np.float32) + weights * c2.astype(np.float32)
+    image = _textured(rng, background, c1, c2, image_size)
     mask = _shape_mask(rng, CLASSES[class_index], image_size)
     image[mask] = shape_colour.astype(np.float32)
-    image += rng.normal(0.0, _PIXEL_NOISE, size=image.shape).astype(np.float32)
-    pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    pixels = _finish(rng, image)
     rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
     y0, y1 = int(np.argmax(rows)), int(image_size - np.argmax(rows[::-1]))
     x0, x1 = int(np.argmax(cols)), int(image_size - np.argmax(cols[::-1]))
@@ -254,7 +276,13 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 def _prepare(out: Path) -> None:
-    """Make `out` ready: new/empty, or an earlier lfi-synth output whose managed files we replace."""
+    clear_output(out, FORMAT, _MANAGED)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def clear_output(out: Path, data_format: str, managed: tuple[str, ...]) -> None:
+    """Make `out` ready: new/empty, or an earlier output of the `data_format` generator (its meta.json says so)
+    whose `managed` files and folders are removed."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -262,16 +290,16 @@ def _prepare(out: Path) -> None:
             previous = json.loads((out / "meta.json").read_text())
         except (OSError, ValueError):
             previous = None
-        if not isinstance(previous, dict) or previous.get("format") != FORMAT:
-            raise FileExistsError(f"{out} is not empty and is not an {FORMAT} data set; use a new or empty folder")
+        if not isinstance(previous, dict) or previous.get("format") != data_format:
+            raise FileExistsError(f"{out} is not empty and is not an {data_format} data set; use a new or empty "
+                                  "folder")
         # Remove only what we write, so a smaller rerun leaves no stale images behind.
-        for name in _MANAGED:
+        for name in managed:
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def generate(out_dir: str | os.PathLike[str], *, n_train_per_class: int = 250, n_val_per_class: int = 50,

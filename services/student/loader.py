@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,35 +66,50 @@ def steps_per_epoch(size: int, batch_size: int) -> int:
     return math.ceil(size / batch_size)
 
 
-class BatchBuilder:
-    def __init__(self, images: ImageSet, *, image_size: int, grid: tuple[int, int], batch_size: int, seed: int,
-                 augment: bool, map_source: MapSource | None = None,
-                 label_word: Callable[[int], str] = str, normalisation: Normalisation = DEFAULT,
-                 min_crop_mass: float = 0.0) -> None:
-        self.images = images
+def decode_or_skip(path: Path, rel: str, unreadable: set[str]) -> Image.Image | None:
+    """The decoded image, or None when it cannot be read: `rel` joins `unreadable`, warned about once."""
+    try:
+        return decode_image(path.read_bytes())
+    except (LfiError, OSError) as exc:
+        if rel not in unreadable:
+            unreadable.add(rel)
+            log.warning("skipping unreadable image %s: %s", rel, exc)
+        return None
+
+
+class BuilderSettings:
+    """What every batch builder (this one, the detection one) keeps: input size, map grid, batch size, seed,
+    augmentation, map source, and the images it found unreadable."""
+
+    def __init__(self, *, image_size: int, grid: tuple[int, int], batch_size: int, seed: int, augment: bool,
+                 map_source: MapSource | None) -> None:
         self.image_size = image_size
         self.grid = grid
         self.batch_size = batch_size
         self.seed = seed
         self.augment = augment
         self.map_source = map_source
+        self.unreadable: set[str] = set()
+
+
+class BatchBuilder(BuilderSettings):
+    def __init__(self, images: ImageSet, *, image_size: int, grid: tuple[int, int], batch_size: int, seed: int,
+                 augment: bool, map_source: MapSource | None = None,
+                 label_word: Callable[[int], str] = str, normalisation: Normalisation = DEFAULT,
+                 min_crop_mass: float = 0.0) -> None:
+        super().__init__(image_size=image_size, grid=grid, batch_size=batch_size, seed=seed, augment=augment,
+                         map_source=map_source)
+        self.images = images
         self.label_word = label_word
         self.normalisation = normalisation
         self.min_crop_mass = min_crop_mass
-        self.unreadable: set[str] = set()
 
     def __len__(self) -> int:
         return steps_per_epoch(len(self.images), self.batch_size)
 
     def _decode(self, index: int) -> Image.Image | None:
         sample = self.images.samples[index]
-        try:
-            return decode_image(sample.path.read_bytes())
-        except (LfiError, OSError) as exc:
-            if sample.rel not in self.unreadable:
-                self.unreadable.add(sample.rel)
-                log.warning("skipping unreadable image %s: %s", sample.rel, exc)
-            return None
+        return decode_or_skip(sample.path, sample.rel, self.unreadable)
 
     def build(self, epoch: int, step: int) -> Batch:
         order = epoch_order(len(self.images), self.seed, epoch)

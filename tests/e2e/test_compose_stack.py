@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import importlib.util
-import json
 import os
 import shutil
 import socket
@@ -26,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scripts import compose_stack
 from tests.support.processes import free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -35,13 +34,6 @@ KEY = "demo-key"  # config/teams.demo.yaml
 CHECKPOINT_EVERY = 5
 SYNTH_PER_CLASS = 16  # 4 classes x 16 = 64 training images: 8 steps an epoch at batch 8
 LOCK = Path("/tmp/lfi-compose-test.lock")  # two checkouts on one machine share one engine and the ports
-
-
-def _compose_stack():
-    spec = importlib.util.spec_from_file_location("compose_stack", ROOT / "scripts" / "compose_stack.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _port_or_free(port: int) -> int:
@@ -63,9 +55,7 @@ class Stack:
         return {"Authorization": f"Bearer {KEY}"}
 
     def docker(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-        assert proc.returncode == 0, (args, proc.stderr)
-        return proc
+        return compose_stack.docker(*args, timeout=timeout)  # StackError, with docker's stderr, when it fails
 
     def compose_run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([*self.compose, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
@@ -74,10 +64,9 @@ class Stack:
         return proc
 
     def container(self, service: str) -> dict:
-        ids = self.docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}",
-                          "--filter", f"label=com.docker.compose.service={service}").stdout.split()
-        assert len(ids) == 1, (service, ids)
-        return json.loads(self.docker("inspect", ids[0]).stdout)[0]
+        found = compose_stack.containers(PROJECT, service)
+        assert len(found) == 1, (service, [c["Id"] for c in found])
+        return found[0]
 
     def queue(self, **spec) -> str:
         body = {"dataset": "synth", "model": "vit-tiny", "batch_size": 8, "lr": 1e-3, "eval_domains": ["shifted"],
@@ -96,8 +85,7 @@ class Stack:
                         timeout_s, f"job {job_id} to finish", interval_s=1)
 
     def logs(self, service: str) -> str:
-        proc = subprocess.run(["docker", "logs", "--tail", "60", self.container(service)["Id"]],
-                              capture_output=True, text=True, timeout=60)
+        proc = compose_stack.docker("logs", "--tail", "60", self.container(service)["Id"], timeout=60, check=False)
         return proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -105,7 +93,6 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if shutil.which("docker") is None:
         pytest.skip("docker is not installed (apt-get install docker.io docker-compose debootstrap)")
-    compose_stack = _compose_stack()
     try:
         compose = compose_stack.compose_command()
         compose_stack.ensure_engine()

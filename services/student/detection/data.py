@@ -12,7 +12,6 @@ function of the position in training, so resume is exact.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,14 +19,11 @@ import torch
 from PIL import Image
 
 from services.student.data import Sample
-from services.student.loader import epoch_order, steps_per_epoch
+from services.student.loader import BuilderSettings, decode_or_skip, epoch_order, steps_per_epoch
 from services.student.maps import MapRequest, MapSource
 from services.student.transforms import View, apply_to_map
 from shared.coco import CocoImage, CocoSplit
-from shared.errors import LfiError
-from shared.images import decode_image
 
-log = logging.getLogger("lfi.student.detection")
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # transformers' DETR image processors
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -71,32 +67,21 @@ def targets(image: CocoImage, category_index: dict[int, int], flip: bool) -> tup
     return {"class_labels": labels, "boxes": torch.from_numpy(np.clip(centres, 0, 1).astype(np.float32))}, kept
 
 
-class DetectionBatchBuilder:
+class DetectionBatchBuilder(BuilderSettings):
     def __init__(self, split: CocoSplit, *, category_index: dict[int, int], category_names: dict[int, str],
                  image_size: int, grid: tuple[int, int], batch_size: int, seed: int, augment: bool,
                  map_source: MapSource | None = None) -> None:
+        super().__init__(image_size=image_size, grid=grid, batch_size=batch_size, seed=seed, augment=augment,
+                         map_source=map_source)
         self.split = split
         self.category_index = category_index
         self.category_names = category_names
-        self.image_size = image_size
-        self.grid = grid
-        self.batch_size = batch_size
-        self.seed = seed
-        self.augment = augment
-        self.map_source = map_source
-        self.unreadable: set[str] = set()
 
     def __len__(self) -> int:
         return steps_per_epoch(len(self.split), self.batch_size)
 
     def _decode(self, image: CocoImage) -> Image.Image | None:
-        try:
-            return decode_image(image.path.read_bytes())
-        except (LfiError, OSError) as exc:
-            if image.rel not in self.unreadable:
-                self.unreadable.add(image.rel)
-                log.warning("skipping unreadable image %s: %s", image.rel, exc)
-            return None
+        return decode_or_skip(image.path, image.rel, self.unreadable)
 
     def _flip(self, epoch: int, index: int) -> bool:
         return self.augment and bool(np.random.default_rng([self.seed, epoch, index]).random() < 0.5)

@@ -1,17 +1,15 @@
 """A few validation images per epoch for the dashboard: boxes (truth and predicted) beside the instance maps.
 
-Written to `RUN/samples/epoch-NNNN.json` like the I-ViT's pictures, with `task: detection`; each sample has
-the image (PNG, base64, the model's letterboxed input), its true and predicted boxes in that image's pixels,
-and per true object the teacher's instance map and (I-DETR) the matched query's constrained attention, both
-on the encoder memory grid.
+Saved by the training loop to `RUN/samples/epoch-NNNN.json` like the I-ViT's pictures, with `task: detection`;
+each sample has the image (PNG, base64, the model's letterboxed input), its true and predicted boxes in that
+image's pixels, and per true object the teacher's instance map and (I-DETR) the matched query's constrained
+attention, both on the encoder memory grid.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -76,10 +74,3 @@ def sample_detections(trainer: DetectionTrainer, count: int = 4) -> dict[str, An
                         "truth": truth, "predicted": predicted})
     return {"task": "detection", "epoch": trainer.epoch, "grid": list(trainer.grid), "samples": samples}
 
-
-def write_samples(trainer: DetectionTrainer) -> Path:
-    folder = trainer.run_dir / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"epoch-{trainer.epoch:04d}.json"
-    path.write_text(json.dumps(sample_detections(trainer)))
-    return path

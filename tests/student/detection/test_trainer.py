@@ -57,6 +57,25 @@ def test_letterboxed_batches_carry_detr_targets_and_each_objects_map_on_the_memo
     assert torch.allclose(flip_batch.maps[0].view(8, 8)[:2, :2].sum(), torch.tensor(1.0))
 
 
+def test_an_unreadable_image_leaves_its_batch_is_counted_and_named_once(tmp_path: Path, caplog) -> None:
+    root = _wide_set(tmp_path)
+    (root / "train" / "b.png").write_bytes(b"not an image")
+    instances = root / "annotations" / "instances_train.json"
+    document = json.loads(instances.read_text())
+    document["images"].append({"id": 2, "file_name": "b.png", "width": 40, "height": 20})
+    instances.write_text(json.dumps(document))
+    data = discover_coco(root)
+    builder = DetectionBatchBuilder(data.train, category_index={7: 0}, category_names={7: "thing"}, image_size=64,
+                                    grid=(8, 8), batch_size=2, seed=0, augment=False,
+                                    map_source=InstanceMaskMaps(data))
+    with caplog.at_level("WARNING"):
+        batches = [builder.build(epoch, 0) for epoch in range(2)]
+    assert all(b.skipped == 1 and [i.rel for i in b.images] == ["train/a.png"] for b in batches)
+    assert all(b.pixel_values.shape[0] == len(b.labels) == len(b.maps) == 1 for b in batches)
+    assert builder.unreadable == {"train/b.png"}
+    assert len([r for r in caplog.records if "unreadable image train/b.png" in r.getMessage()]) == 1  # warned once
+
+
 def test_crowds_and_unknown_categories_are_not_training_targets(shapes: Path) -> None:
     image = discover_coco(shapes).train.images[0]
     target, kept = targets(image, {1: 0, 2: 1, 3: 2, 4: 3}, flip=False)
