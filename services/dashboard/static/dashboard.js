@@ -143,6 +143,7 @@ function jobRow(job) {
     el("td", {}, [check]),
     el("td", {}, [el("a", { href: `/jobs/${job.id}/view`, text: job.id })]),
     el("td", { text: job.team }),
+    el("td", { text: spec.group || "" }),
     el("td", { text: `${spec.model || ""} ${spec.student || ""}${spec.ablation && spec.ablation !== "none" ? " " + spec.ablation : ""}` }),
     el("td", {}, [el("span", { class: "status " + job.status, text: job.status })]),
     el("td", {}, [el("div", { class: "progress", title: fmtPct(job.progress) }, [bar])]),
@@ -155,27 +156,60 @@ function jobRow(job) {
 async function refreshJobs() {
   if (!state.key) return;
   const { jobs } = await api("/jobs");
+  state.jobs = jobs;
   const body = document.querySelector("#jobs tbody");
   body.replaceChildren(...jobs.map(jobRow));
 }
 
+// With nothing ticked, compare the jobs queued together most recently: the newest job's group (the demo
+// queues its ViT and I-ViT as one), or, for a job without a group, the newest jobs on its dataset.
+const DEFAULT_COMPARED = 4;
+function defaultComparison(jobs) {
+  if (!jobs.length) return { ids: [], what: "" };
+  const spec = jobs[0].spec || {};  // GET /jobs lists the newest first
+  if (spec.group) {
+    const ids = jobs.filter((j) => (j.spec || {}).group === spec.group).map((j) => j.id);
+    return { ids: ids.slice(0, 2 * DEFAULT_COMPARED), what: `group ${spec.group}` };
+  }
+  const same = jobs.filter((j) => (j.spec || {}).dataset === spec.dataset && (j.spec || {}).task === spec.task);
+  return { ids: same.slice(0, DEFAULT_COMPARED).map((j) => j.id), what: `the latest jobs on ${spec.dataset}` };
+}
+
+const STUDENTS = { vit: "ViT", ivit: "I-ViT", detr: "DETR", idetr: "I-DETR" };
+function jobLabel(spec) {
+  const parts = [STUDENTS[spec.student] || spec.student];
+  if (spec.ablation && spec.ablation !== "none") parts.push(spec.ablation);
+  if (spec.init && spec.init !== "scratch") parts.push(`from ${spec.init}`);
+  return parts.join(" ");
+}
+
+const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
+const DASHES = ["dot", "dash", "dashdot", "longdash"];
+
 async function refreshCompare() {
   if (!state.key) return;
+  if (!state.jobs) await refreshJobs();
+  const ticked = state.compare.size > 0;
+  const chosen = ticked ? { ids: [...state.compare], what: "" } : defaultComparison(state.jobs || []);
+  document.getElementById("compare-what").textContent = ticked
+    ? `Comparing the ${chosen.ids.length} ticked job(s); untick all to see the jobs queued together most recently.`
+    : chosen.ids.length ? `Comparing ${chosen.what}, queued most recently (tick jobs to choose others).` : "No jobs yet.";
+  const known = new Map((state.jobs || []).map((j) => [j.id, j]));
+  const loaded = await Promise.all(chosen.ids.map(async (id) =>
+    [id, known.get(id) || await api(`/jobs/${id}`), await api(`/jobs/${id}/metrics`)]));
   const traces = [];
-  for (const id of state.compare) {
-    const metrics = await api(`/jobs/${id}/metrics`);
-    const job = await api(`/jobs/${id}`);
-    const name = `${id.slice(0, 6)} ${job.spec.student}`;
+  loaded.forEach(([id, job, metrics], n) => {
+    const name = `${jobLabel(job.spec)} · ${id.slice(0, 6)}`;
+    const line = { color: PALETTE[n % PALETTE.length] };
     const x = metrics.epochs.map((e) => e.epoch);
-    traces.push({ x, y: metrics.epochs.map(valScore), name: name + " val", mode: "lines+markers" });
-    const domains = new Set(metrics.epochs.flatMap((e) => Object.keys(e.heldout_top1 || e.heldout_map || {})));
-    for (const d of domains) {
-      traces.push({ x, y: metrics.epochs.map((e) => heldoutScore(e, d)), name: `${name} ${d}`,
-                    mode: "lines+markers", line: { dash: "dot" } });
-    }
-  }
-  plot("compare", traces, { title: "top-1 (classification) or COCO AP (detection) per epoch",
-                            xaxis: { title: "epoch", dtick: 1 }, yaxis: { range: [0, 1] } });
+    traces.push({ x, y: metrics.epochs.map(valScore), name: `${name} val`, legendgroup: id, mode: "lines+markers", line });
+    const domains = [...new Set(metrics.epochs.flatMap((e) => Object.keys(e.heldout_top1 || e.heldout_map || {})))].sort();
+    domains.forEach((d, k) => traces.push({ x, y: metrics.epochs.map((e) => heldoutScore(e, d)), name: `${name} ${d}`,
+                                           legendgroup: id, mode: "lines+markers",
+                                           line: Object.assign({ dash: DASHES[k % DASHES.length] }, line) }));
+  });
+  plot("compare", traces, { title: "top-1 (classification) or COCO AP (detection) per epoch: val solid, held-out dotted",
+                            xaxis: { title: "epoch", dtick: 1 }, yaxis: { range: [0, 1] }, height: 340 });
 }
 
 async function refreshTeacher() {
@@ -223,22 +257,15 @@ function heldoutScore(epoch, domain) {
 // ---- job page -------------------------------------------------------------------------------------
 let samplesCache = null;
 
-function heat(values, grid, image, canvas) {
-  const size = 128;
-  canvas.width = size; canvas.height = size;
-  const ctx = canvas.getContext("2d");
-  const draw = () => {
-    if (image) { ctx.globalAlpha = 1; ctx.drawImage(image, 0, 0, size, size); }
-    if (!values) return;
-    const max = Math.max(...values, 1e-12);
-    const [gh, gw] = grid;
-    for (let i = 0; i < gh; i++) for (let j = 0; j < gw; j++) {
-      const v = values[i * gw + j] / max;
-      ctx.fillStyle = `rgba(255, ${Math.round(80 * (1 - v))}, 0, ${0.75 * v})`;
-      ctx.fillRect(j * size / gw, i * size / gh, size / gw + 0.5, size / gh + 0.5);
-    }
-  };
+// One picture of a map: the map over its image (heat.js: low values leave the image untouched) and,
+// beside it, its colour scale from 0 to the scale's top (the map's peak, unless the map is flat)
+function mapFigure(image, values, grid, caption) {
+  const canvas = el("canvas", { width: 128, height: 128 });
+  const top = heatScale(values);
+  const draw = () => drawHeat(canvas, image, values, grid, top);
   if (image && !image.complete) image.addEventListener("load", draw, { once: true }); else draw();
+  const view = top > 0 ? el("div", { class: "map-view" }, [canvas, heatLegend(top, 128)]) : canvas;
+  return el("figure", {}, [view, el("figcaption", { text: caption })]);
 }
 
 function drawBoxes(canvas, image, size, truth, predicted) {
@@ -273,9 +300,7 @@ function renderDetections(data, box) {
     for (const object of s.truth) {
       for (const [title, values] of [["C_VLM", object.map], ["query attention", object.attention]]) {
         if (values === undefined) continue;
-        const canvas = el("canvas");
-        heat(values, data.grid, image, canvas);
-        figures.push(el("figure", {}, [canvas, el("figcaption", { text: `${object.label}: ${values ? title : title + " (none)"}` })]));
+        figures.push(mapFigure(image, values, data.grid, `${object.label}: ${values ? title : title + " (none)"}`));
       }
     }
     return el("div", { class: "sample" }, figures);
@@ -297,10 +322,8 @@ function renderSamples() {
     image.src = "data:image/png;base64," + s.image;
     const panels = [["image", null], ["C_VLM", s.vlm], ["C_AGT", s.agt ? s.agt[layer] : null], ["C_VFM", s.vfm[layer]]];
     return el("div", { class: "sample" }, panels.map(([title, values]) => {
-      const canvas = el("canvas");
-      heat(values, data.grid, image, canvas);
       const caption = title === "image" ? `${s.label} → ${s.predicted}` : (values ? title : title + " (none)");
-      return el("figure", {}, [canvas, el("figcaption", { text: caption })]);
+      return mapFigure(image, values, data.grid, caption);
     }));
   }));
 }

@@ -16,16 +16,27 @@ from PIL import Image, ImageDraw, ImageFont
 STOPS = ((0.0, (120, 28, 109)), (1 / 3, (200, 60, 115)), (2 / 3, (250, 125, 94)), (1.0, (252, 230, 150)))
 TRANSPARENT_BELOW = 0.1  # values under this share of the scale's top are not drawn at all
 MAX_ALPHA = 0.7  # even the peak lets 30 % of the image through
+FLAT_RATIO = 3.0  # the scale's top is at least this times the map's mean: a flat map is drawn faint
+
+
+def scale_top(values: np.ndarray) -> float:
+    """The top of a map's colour scale: its peak, but at least FLAT_RATIO times its mean. A map that
+    singles nothing out (uniform, or nearly) then tints the image faintly instead of hiding it under
+    the scale's strongest colour; a map that does single something out is scaled to its peak."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return 0.0
+    return max(float(values.max()), FLAT_RATIO * float(np.clip(values, 0, None).mean()))
 
 
 def heat_rgba(values: np.ndarray, vmax: float | None = None) -> np.ndarray:
-    """RGBA (uint8, shape `values.shape + (4,)`) for map values on the scale 0..`vmax` (default the peak).
+    """RGBA (uint8, shape `values.shape + (4,)`) for map values on the scale 0..`vmax` (default `scale_top`).
 
     Opacity is 0 up to TRANSPARENT_BELOW·vmax, then rises linearly to MAX_ALPHA at vmax; the colour
     follows STOPS. Values above vmax are drawn as vmax, negative ones as 0.
     """
     values = np.asarray(values, dtype=np.float64)
-    top = float(values.max(initial=0.0)) if vmax is None else float(vmax)
+    top = scale_top(values) if vmax is None else float(vmax)
     level = np.clip(values / top, 0.0, 1.0) if top > 0 else np.zeros_like(values)
     positions = [p for p, _ in STOPS]
     rgb = np.stack([np.interp(level, positions, [c[k] for _, c in STOPS]) for k in range(3)], axis=-1)
@@ -66,7 +77,7 @@ def colour_bar(vmax: float, height: int, width: int = 18) -> Image.Image:
 
 def overlay_with_scale(image: Image.Image, interaction_map: np.ndarray, vmax: float | None = None) -> Image.Image:
     """The overlay with its colour bar to the right: one picture that can be read on its own."""
-    top = float(np.max(interaction_map)) if vmax is None else vmax
+    top = scale_top(interaction_map) if vmax is None else vmax
     pictured = overlay(image, interaction_map, top)
     bar = colour_bar(top, pictured.height)
     out = Image.new("RGB", (pictured.width + 8 + bar.width, pictured.height), (255, 255, 255))

@@ -12,6 +12,7 @@ from services.teacher.engine.overlay import (
     heat_rgba,
     overlay,
     overlay_with_scale,
+    scale_top,
 )
 
 
@@ -21,22 +22,31 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 
 def test_low_values_are_fully_transparent_and_the_peak_is_not_opaque():
     values = np.array([0.0, 0.5 * TRANSPARENT_BELOW, TRANSPARENT_BELOW, 0.5, 1.0])
-    rgba = heat_rgba(values)
+    rgba = heat_rgba(values, vmax=1.0)
     assert rgba.shape == (5, 4) and rgba.dtype == np.uint8
     assert list(rgba[:3, 3]) == [0, 0, 0]
     assert 0 < rgba[3, 3] < rgba[4, 3] == round(255 * MAX_ALPHA)
 
 
 def test_colour_and_opacity_rise_with_the_value():
-    rgba = heat_rgba(np.linspace(0, 1, 201))
+    rgba = heat_rgba(np.linspace(0, 1, 201), vmax=1.0)
     luminance = _luminance(rgba)
     assert np.all(np.diff(luminance) > 0)  # strictly: no two values share a colour
     assert np.all(np.diff(rgba[:, 3].astype(int)) >= 0)
 
 
+def test_a_flat_map_is_drawn_faint_and_a_peaked_one_up_to_its_peak():
+    flat = np.full((8, 8), 1 / 64)
+    assert scale_top(flat) == 3 / 64
+    assert 0 < heat_rgba(flat)[0, 0, 3] < 0.25 * 255  # visible, but the image stays readable under it
+    peaked = np.zeros((8, 8))
+    peaked[2:4, 2:4] = 0.25
+    assert scale_top(peaked) == 0.25 and heat_rgba(peaked)[2, 2, 3] == round(255 * MAX_ALPHA)
+
+
 def test_the_scale_is_relative_to_vmax_and_clipped():
     values = np.array([[0.0, 0.01], [0.02, 0.04]])
-    assert np.array_equal(heat_rgba(values), heat_rgba(values * 1000))  # default: the map's own peak
+    assert np.array_equal(heat_rgba(values), heat_rgba(values * 1000))  # default: the map's own scale
     fixed = heat_rgba(values, vmax=0.02)
     assert np.array_equal(fixed[1, 1], fixed[1, 0])  # above vmax is drawn as vmax
     assert np.array_equal(heat_rgba(np.array([-1.0, 0.0]))[0], heat_rgba(np.array([0.0]))[0])
