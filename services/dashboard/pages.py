@@ -12,7 +12,7 @@ _HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,"><title>{title}</title><link rel="stylesheet" href="/static/dashboard.css">
 <script src="/static/plotly.min.js"></script><script src="/static/heat.js" defer></script>
-<script src="/static/dashboard.js" defer></script></head>
+<script src="/static/compare.js" defer></script><script src="/static/dashboard.js" defer></script></head>
 <body data-page="{page}" data-job="{job}">
 <header><a href="/" class="brand">lfi</a><span class="sub">{title}</span>
 <form id="key-form" autocomplete="off"><input id="key" type="password" placeholder="team key" aria-label="team key">
