@@ -272,6 +272,8 @@ def _start_services(stack: Stack, host: str, teacher_port: int, dashboard_port: 
 
 
 def _queue_demo(settings: Settings, data_root: Path, epochs: int, size: int, redis_url: str) -> list[str]:
+    from datetime import UTC, datetime
+
     from shared.celery_config import make_celery
     from shared.job_spec import JobSpec
     from shared.jobs import JobStore, submit_job
@@ -285,10 +287,11 @@ def _queue_demo(settings: Settings, data_root: Path, epochs: int, size: int, red
     store = JobStore.from_url(redis_url)
     celery = make_celery(settings.model_copy(update={"redis_url": redis_url}))
     ids = []
+    group = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"  # one label for the pair: the jobs page compares it by default
     for student in ("vit", "ivit"):
         spec = JobSpec(dataset="synth", model="vit-tiny", student=student, epochs=epochs, batch_size=32, lr=1e-3,
                        eval_domains=["shifted"], team="demo" if settings.teams_file is None else "default",
-                       checkpoint_every=20)
+                       checkpoint_every=20, group=group)
         ids.append(submit_job(store, celery, spec, data_root)["id"])
         console.print(f"queued {student} job {ids[-1]}")
     return ids

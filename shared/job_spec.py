@@ -70,6 +70,9 @@ class JobSpec(BaseModel):
                                   description="A map store from `lfi maps --export` (under the data root): "
                                               "train from it instead of asking the teacher.")
     team: str = Field("default", pattern=r"^[a-z0-9-]+$", max_length=64)
+    group: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", max_length=64,
+                              description="A label shared by jobs queued together (`lfi up --demo` sets one): "
+                                          "the jobs page compares the latest group by default.")
 
     @model_validator(mode="before")
     @classmethod

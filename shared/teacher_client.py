@@ -33,7 +33,10 @@ class TeacherClient:
         self.http.close()
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """The teacher's answer, retried (with backoff, honouring Retry-After) while it is unreachable or
+        busy: connection errors, 429/502/503/504, and a first bare 500 (see `cut_off`)."""
         delay = 0.5
+        cut_off_once = False
         for attempt in range(self.max_retries + 1):
             try:
                 response = self.http.request(method, path, **kwargs)
@@ -41,6 +44,15 @@ class TeacherClient:
                 if attempt == self.max_retries:
                     raise TeacherUnavailable(f"teacher at {self.http.base_url} unreachable: {exc}") from exc
                 log.warning("teacher unreachable (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30)
+                continue
+            if cut_off(response) and not cut_off_once and attempt < self.max_retries:
+                # Requests to the teacher are idempotent (a map is keyed by its inputs): ask again. A teacher
+                # that was stopping then stops answering, and the usual patience applies; one that answers
+                # a bare 500 again has a real fault, which is reported.
+                cut_off_once = True
+                log.warning("teacher answered a bare 500 (cut off mid-request?); retrying in %.1f s", delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 30)
                 continue
@@ -89,6 +101,19 @@ class TeacherClient:
             return_layers=return_layers, extraction=info["extraction"], model_id=info["model"]["id"],
             model_revision=info["model"]["revision"],
         )
+
+
+def cut_off(response: httpx.Response) -> bool:
+    """A 500 without the teacher's error body: the server's own answer to a request it abandoned (uvicorn's
+    when a shutdown outlasts its grace, or a crash in the framework), not the teacher reporting a fault
+    (`engine_failed` and the like come as `{"error": {...}}`)."""
+    if response.status_code != 500:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return True
+    return not (isinstance(body, dict) and isinstance(body.get("error"), dict))
 
 
 def encode_image(image: Image.Image) -> str:

@@ -11,7 +11,8 @@ import html
 _HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,"><title>{title}</title><link rel="stylesheet" href="/static/dashboard.css">
-<script src="/static/plotly.min.js"></script><script src="/static/dashboard.js" defer></script></head>
+<script src="/static/plotly.min.js"></script><script src="/static/heat.js" defer></script>
+<script src="/static/compare.js" defer></script><script src="/static/dashboard.js" defer></script></head>
 <body data-page="{page}" data-job="{job}">
 <header><a href="/" class="brand">lfi</a><span class="sub">{title}</span>
 <form id="key-form" autocomplete="off"><input id="key" type="password" placeholder="team key" aria-label="team key">
@@ -40,6 +41,8 @@ _JOBS = """<main>
  <label>held-out domains <input name="eval_domains" placeholder="shifted"></label>
  <label>checkpoint every <input name="checkpoint_every" type="number" value="50"></label>
  <label>teacher prompt <input name="prompt" placeholder="default"></label>
+ <label>group <input name="group" placeholder="optional"
+  title="a label shared by jobs queued together: the chart below compares the latest group"></label>
  <details id="recipe" class="recipe"><summary>recipe (defaults; the paper's: 50 epochs from a pretrained init)</summary>
  <div class="recipe-fields">
  <label>weight decay <input name="weight_decay" value="0.05"></label>
@@ -56,9 +59,10 @@ _JOBS = """<main>
  </div></details>
  <button type="submit" id="queue">Queue</button>
 </form><div id="form-errors" class="errors"></div></section>
-<section class="card"><h2>Jobs</h2><table id="jobs"><thead><tr><th></th><th>job</th><th>team</th><th>model</th>
-<th>status</th><th>progress</th><th>ETA</th><th>val top-1 / AP</th><th></th></tr></thead><tbody></tbody></table>
-<p class="hint">Tick jobs to compare them below.</p><div id="compare" class="chart"></div></section>
+<section class="card"><h2>Jobs</h2><table id="jobs"><thead><tr><th></th><th>job</th><th>team</th><th>group</th>
+<th>model</th><th>status</th><th>progress</th><th>ETA</th><th>val top-1 / AP</th><th></th></tr></thead>
+<tbody></tbody></table>
+<p class="hint" id="compare-what"></p><div id="compare" class="chart"></div></section>
 <section class="card"><h2>Teacher</h2><div id="teacher-summary"></div>
 <div class="row"><div id="teacher-queue" class="chart half"></div>
 <div id="teacher-usage" class="chart half"></div></div>
@@ -75,6 +79,9 @@ _JOB = """<main>
 <div id="map-counts" class="chart"></div></section>
 <section class="card"><h2>Gates per layer (g·C_AGT + g·C_VFM)</h2><div id="gates" class="chart"></div></section>
 <section class="card"><h2>Where it looks: C_VLM, C_AGT, C_VFM (CLS row)</h2>
+<p class="hint">Each map over its image: below a tenth of the scale's top nothing is drawn, above it colour and
+opacity grow with the value. The scale beside each map runs from 0 to its peak (at least 3× its mean, so a flat
+map, which singles nothing out, stays faint).</p>
 <label>layer <input id="layer" type="range" min="0" max="0" value="0"> <span id="layer-value">0</span></label>
 <div id="samples"></div></section></main></body></html>"""
 

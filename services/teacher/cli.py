@@ -204,7 +204,7 @@ def _extract_one(engine: InteractionEngine, path: Path, fields: dict, out: Path,
                  log: IO[str]) -> tuple[str, str, str, str]:
     """Map one image file and save it; a file that fails is a row of the table, not the end of the run."""
     from services.teacher.engine.extraction import InteractionRequest
-    from services.teacher.engine.overlay import overlay
+    from services.teacher.engine.overlay import overlay_with_scale
     from shared.errors import LfiError
     from shared.images import decode_image
 
@@ -217,7 +217,7 @@ def _extract_one(engine: InteractionEngine, path: Path, fields: dict, out: Path,
     import numpy as np
 
     np.save(out / f"{path.stem}.npy", result.map)
-    overlay(image, result.map).save(out / f"{path.stem}-map.png")
+    overlay_with_scale(image, result.map).save(out / f"{path.stem}-map.png")
     log.write(json.dumps({"image": str(path), "answer": result.answer,
                           "status": result.answer_status.value, "degenerate": result.degenerate,
                           "model": result.model.id, "revision": result.model.revision,
@@ -251,7 +251,8 @@ def demo(
         table.add_row(row["image"], row["truth"], row["answer"], row["status"], f"{row['mass_on_shape']:.2f}",
                       f"{row['shape_area']:.2f}", str(row["compute_ms"]))
     Console().print(table)
-    console.print(f"overlays and maps in [bold]{out}[/bold] (model {model_dir})")
+    console.print(f"overlays (with their colour scale) and maps in [bold]{out}[/bold], all on one page: "
+                  f"[bold]{out / 'index.html'}[/bold] (model {model_dir})")
     note = _builtin_teacher_note(settings.teacher_model)
     if note:
         console.print(f"[yellow]note:[/yellow] {note}")
@@ -286,6 +287,7 @@ def serve(
     max_pixels: int | None = typer.Option(None, help=override_help("max_pixels")),
     max_body_mb: int | None = typer.Option(None, help=override_help("max_body_mb")),
     request_timeout_s: float | None = typer.Option(None, help=override_help("request_timeout_s")),
+    graceful_shutdown_s: float | None = typer.Option(None, help=override_help("graceful_shutdown_s")),
     capture: str | None = typer.Option(None, help=override_help("capture")),
     layers: str = typer.Option(None, help="Comma-separated text layers averaged into maps (default: the "
                                "checkpoint's recommendation, else all)."),
@@ -306,7 +308,7 @@ def serve(
     given = {"host": host, "port": port, "device": device, "dtype": dtype, "max_batch_size": max_batch_size,
              "max_wait_ms": max_wait_ms, "max_queue_per_team": max_queue, "answer_backend": answer_backend,
              "max_pixels": max_pixels, "max_body_mb": max_body_mb, "request_timeout_s": request_timeout_s,
-             "capture": capture}
+             "graceful_shutdown_s": graceful_shutdown_s, "capture": capture}
     try:  # keyword arguments win over the environment
         tunables = TeacherSettings(**{name: value for name, value in given.items() if value is not None})
     except ValidationError as exc:
@@ -328,7 +330,7 @@ def serve(
     config = TeacherConfig(model=model_dir, redis_url=settings.redis_url, teams=teams, settings=tunables,
                            map_ttl_s=settings.map_ttl_s or None, extraction=extraction, cache_dir=settings.cache_dir)
     uvicorn.run(create_app(config), host=tunables.host, port=tunables.port, log_level="info",
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=tunables.graceful_shutdown_s)
 
 
 def _teams(teams_file: Path | None) -> TeamDirectory:

@@ -31,6 +31,8 @@ class TeacherSettings(BaseSettings):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest image accepted (pixels).")
     max_body_mb: int = Field(64, ge=1, description="Largest request body accepted (MiB).")
     request_timeout_s: float = Field(120.0, gt=0, description="A request not answered within this is failed (503).")
+    graceful_shutdown_s: float = Field(5.0, ge=0, description="At shutdown, how long requests in flight may finish; "
+                                       "those still running are then answered 503 + Retry-After.")
     answer_backend: Literal["transformers", "vllm"] = Field("transformers", description="transformers | vllm")
     capture: Literal["decode", "second-pass"] | None = Field(
         None, description="decode: rows kept while the answer is decoded, one pass per map (the default where "

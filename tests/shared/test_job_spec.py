@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from shared.errors import InvalidField
 from shared.job_spec import JobSpec, check_spec
@@ -42,3 +43,11 @@ def test_an_unreadable_eval_domain_is_the_dataset_field(tmp_path, monkeypatch):
 def test_a_readable_dataset_passes(tmp_path):
     (tmp_path / "synth" / "shifted").mkdir(parents=True)
     assert check_spec(JobSpec(dataset="synth", eval_domains=["shifted"]), tmp_path) == (tmp_path / "synth").resolve()
+
+
+def test_a_group_labels_jobs_queued_together_and_is_a_plain_label():
+    assert JobSpec(dataset="synth").group is None
+    assert JobSpec(dataset="synth", group="demo-20261128-104500").group == "demo-20261128-104500"
+    for bad in ("", "two words", "../up", "-leading", "x" * 65, "<script>"):
+        with pytest.raises(ValidationError, match="group"):
+            JobSpec(dataset="synth", group=bad)

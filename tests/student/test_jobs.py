@@ -147,7 +147,8 @@ def test_teacher_down_mid_job_waits_then_finishes(stack):
     server.stop()
     _wait_status(store, job_id, {"waiting-teacher"}, timeout_s=60)
     server.start()
-    record = _wait_status(store, job_id, {"succeeded", "failed"})
+    # 40 steps, each asking the (CPU) teacher for 8 maps in the first epoch: minutes on a loaded 2-core box
+    record = _wait_status(store, job_id, {"succeeded", "failed"}, timeout_s=480)
     assert record["status"] == "succeeded", record.get("error")
     statuses = [e["status"] for e in _events(store, job_id, "status")]
     assert "waiting-teacher" in statuses and statuses[-1] == "succeeded"

@@ -143,6 +143,7 @@ function jobRow(job) {
     el("td", {}, [check]),
     el("td", {}, [el("a", { href: `/jobs/${job.id}/view`, text: job.id })]),
     el("td", { text: job.team }),
+    el("td", { text: spec.group || "" }),
     el("td", { text: `${spec.model || ""} ${spec.student || ""}${spec.ablation && spec.ablation !== "none" ? " " + spec.ablation : ""}` }),
     el("td", {}, [el("span", { class: "status " + job.status, text: job.status })]),
     el("td", {}, [el("div", { class: "progress", title: fmtPct(job.progress) }, [bar])]),
@@ -155,27 +156,9 @@ function jobRow(job) {
 async function refreshJobs() {
   if (!state.key) return;
   const { jobs } = await api("/jobs");
+  state.jobs = jobs;
   const body = document.querySelector("#jobs tbody");
   body.replaceChildren(...jobs.map(jobRow));
-}
-
-async function refreshCompare() {
-  if (!state.key) return;
-  const traces = [];
-  for (const id of state.compare) {
-    const metrics = await api(`/jobs/${id}/metrics`);
-    const job = await api(`/jobs/${id}`);
-    const name = `${id.slice(0, 6)} ${job.spec.student}`;
-    const x = metrics.epochs.map((e) => e.epoch);
-    traces.push({ x, y: metrics.epochs.map(valScore), name: name + " val", mode: "lines+markers" });
-    const domains = new Set(metrics.epochs.flatMap((e) => Object.keys(e.heldout_top1 || e.heldout_map || {})));
-    for (const d of domains) {
-      traces.push({ x, y: metrics.epochs.map((e) => heldoutScore(e, d)), name: `${name} ${d}`,
-                    mode: "lines+markers", line: { dash: "dot" } });
-    }
-  }
-  plot("compare", traces, { title: "top-1 (classification) or COCO AP (detection) per epoch",
-                            xaxis: { title: "epoch", dtick: 1 }, yaxis: { range: [0, 1] } });
 }
 
 async function refreshTeacher() {
@@ -223,22 +206,15 @@ function heldoutScore(epoch, domain) {
 // ---- job page -------------------------------------------------------------------------------------
 let samplesCache = null;
 
-function heat(values, grid, image, canvas) {
-  const size = 128;
-  canvas.width = size; canvas.height = size;
-  const ctx = canvas.getContext("2d");
-  const draw = () => {
-    if (image) { ctx.globalAlpha = 1; ctx.drawImage(image, 0, 0, size, size); }
-    if (!values) return;
-    const max = Math.max(...values, 1e-12);
-    const [gh, gw] = grid;
-    for (let i = 0; i < gh; i++) for (let j = 0; j < gw; j++) {
-      const v = values[i * gw + j] / max;
-      ctx.fillStyle = `rgba(255, ${Math.round(80 * (1 - v))}, 0, ${0.75 * v})`;
-      ctx.fillRect(j * size / gw, i * size / gh, size / gw + 0.5, size / gh + 0.5);
-    }
-  };
+// One picture of a map: the map over its image (heat.js: low values leave the image untouched) and,
+// beside it, its colour scale from 0 to the scale's top (the map's peak, unless the map is flat)
+function mapFigure(image, values, grid, caption) {
+  const canvas = el("canvas", { width: 128, height: 128 });
+  const top = heatScale(values);
+  const draw = () => drawHeat(canvas, image, values, grid, top);
   if (image && !image.complete) image.addEventListener("load", draw, { once: true }); else draw();
+  const view = top > 0 ? el("div", { class: "map-view" }, [canvas, heatLegend(top, 128)]) : canvas;
+  return el("figure", {}, [view, el("figcaption", { text: caption })]);
 }
 
 function drawBoxes(canvas, image, size, truth, predicted) {
@@ -273,9 +249,7 @@ function renderDetections(data, box) {
     for (const object of s.truth) {
       for (const [title, values] of [["C_VLM", object.map], ["query attention", object.attention]]) {
         if (values === undefined) continue;
-        const canvas = el("canvas");
-        heat(values, data.grid, image, canvas);
-        figures.push(el("figure", {}, [canvas, el("figcaption", { text: `${object.label}: ${values ? title : title + " (none)"}` })]));
+        figures.push(mapFigure(image, values, data.grid, `${object.label}: ${values ? title : title + " (none)"}`));
       }
     }
     return el("div", { class: "sample" }, figures);
@@ -297,10 +271,8 @@ function renderSamples() {
     image.src = "data:image/png;base64," + s.image;
     const panels = [["image", null], ["C_VLM", s.vlm], ["C_AGT", s.agt ? s.agt[layer] : null], ["C_VFM", s.vfm[layer]]];
     return el("div", { class: "sample" }, panels.map(([title, values]) => {
-      const canvas = el("canvas");
-      heat(values, data.grid, image, canvas);
       const caption = title === "image" ? `${s.label} → ${s.predicted}` : (values ? title : title + " (none)");
-      return el("figure", {}, [canvas, el("figcaption", { text: caption })]);
+      return mapFigure(image, values, data.grid, caption);
     }));
   }));
 }
@@ -313,7 +285,8 @@ async function refreshJob(jobId) {
   document.getElementById("job-progress").style.width = (100 * (job.progress || 0)).toFixed(1) + "%";
   const spec = job.spec;
   document.getElementById("job-summary").textContent =
-    `${spec.model} ${spec.student} (${spec.ablation}) on ${spec.dataset} · team ${job.team} · ` +
+    `${spec.model} ${spec.student} (${spec.ablation}) on ${spec.dataset} · team ${job.team}` +
+    (spec.group ? ` · group ${spec.group}` : "") + " · " +
     `epoch ${job.epoch || 0}/${spec.epochs} · step ${job.global_step || 0}/${job.total_steps || "?"} · ETA ${fmtEta(job.eta_s)}` +
     (job.starts > 1 ? ` · started ${job.starts} times (resumed)` : "") +
     (job.metrics && job.metrics.maps_degenerate ? ` · ${job.metrics.maps_degenerate} degenerate maps skipped in epoch ${job.metrics.epoch}` : "");

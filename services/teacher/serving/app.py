@@ -18,7 +18,7 @@ from services.teacher.engine.extraction import InteractionEngine
 from services.teacher.serving.cache import MapCache
 from services.teacher.serving.limits import TeamLimits
 from services.teacher.serving.metrics import TeacherMetrics
-from services.teacher.serving.middleware import BodyLimit, CachedFastPath, Observe
+from services.teacher.serving.middleware import BodyLimit, CachedFastPath, Observe, ShutdownAnswer
 from services.teacher.serving.routes import health, interactions, stats
 from services.teacher.serving.scheduler import BatchRecord, FairBatcher
 from services.teacher.serving.service import TeacherService
@@ -38,8 +38,10 @@ def create_app(config: TeacherConfig) -> FastAPI:
     install_error_handlers(app)
     for router in (interactions.router, health.router, stats.router):
         app.include_router(router)
-    # The last added runs first: BodyLimit, then Observe, then the fast path, then routing.
+    # The last added runs first: BodyLimit, then Observe (which so counts a shutdown's 503 as a 503), then
+    # ShutdownAnswer, the fast path, and routing.
     app.add_middleware(CachedFastPath, state=state)
+    app.add_middleware(ShutdownAnswer)
     app.add_middleware(Observe, metrics=state.metrics)
     app.add_middleware(BodyLimit, max_bytes=config.settings.max_body_bytes)
     return app

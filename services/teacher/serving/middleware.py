@@ -1,13 +1,15 @@
-"""The teacher's ASGI middlewares: body limit, request metrics, and the cached fast path.
+"""The teacher's ASGI middlewares: body limit, request metrics, the shutdown answer, the cached fast path.
 
 Plain ASGI classes rather than `BaseHTTPMiddleware`: they add no task or body copy per request,
 which matters on the fast path (tens of thousands of cached answers a second). `create_app`
-stacks them outermost first: BodyLimit, Observe, CachedFastPath, then FastAPI's routing.
+stacks them outermost first: BodyLimit, Observe, ShutdownAnswer, CachedFastPath, then FastAPI's routing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
 
 from starlette.responses import Response
@@ -16,9 +18,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.teacher.serving.metrics import TeacherMetrics
 from services.teacher.serving.payloads import as_cached
 from services.teacher.serving.state import TeacherState
-from shared.errors import BodyTooLarge, RateLimited
+from shared.errors import BodyTooLarge, RateLimited, Unavailable
 from shared.teams import Team
 from shared.web import bearer_token, error_response
+
+log = logging.getLogger("lfi.teacher.middleware")
 
 # Larger bodies are rarely repeats, and hashing them on the event loop would stall it.
 FAST_PATH_MAX_BYTES = 4 * 1024 * 1024
@@ -82,6 +86,45 @@ class Observe:
             team = (scope.get("state") or {}).get("team", "-")
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)
             self.metrics.requests.labels(team, path, str(status)).inc()
+
+
+class ShutdownAnswer:
+    """A request cut off by shutdown is answered 503 + Retry-After, not uvicorn's bare 500.
+
+    uvicorn cancels the requests still running when its graceful shutdown times out (a batch that
+    outlives it, say), and answers a cancelled request 500. Map requests are idempotent and a
+    restarted or sibling teacher can serve them, so the honest answer is "not now, ask again": the
+    student's client retries 503 and waits for the teacher, where a 500 would fail its job. The
+    cancellation is consumed once the answer is sent: the request is over, and uvicorn, which asked
+    for it to end, waits for nothing more from it.
+    """
+
+    retry_after_s = 2.0  # about a teacher's restart on the tiny model; a client backs off beyond it anyway
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            if started:
+                raise  # half an answer is out: only closing the connection is left, uvicorn does that
+            log.warning("%s %s cut off by shutdown: answered 503", scope["method"], scope["path"])
+            answer = error_response(Unavailable("the teacher is shutting down; retry (another replica or the "
+                                                "restarted teacher will answer)", code="shutting_down",
+                                                retry_after_s=self.retry_after_s))
+            await answer(scope, receive, send)
 
 
 class CachedFastPath:

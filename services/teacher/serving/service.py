@@ -169,7 +169,7 @@ class TeacherService:
         try:
             future = self.batcher.submit(team.name, team.weight, priority, request, max(0.0, deadline - loop_time()))
             result = await _wait(future, gone, deadline)
-        except ClientGone:
+        except (ClientGone, asyncio.CancelledError):  # gone, or cut off by shutdown: no map, no charge
             await self.limits.release_maps(reservation)
             raise
         except TimeoutError as exc:

@@ -6,6 +6,7 @@ each with its ground-truth mask, so the demo can say how much of the map lands o
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def demo_sample(index: int):
 
 def run_demo(model_dir: str, out: Path, *, n_images: int = 8, progress=None) -> list[dict]:
     from services.teacher.engine.extraction import InteractionEngine, InteractionRequest
-    from services.teacher.engine.overlay import overlay
+    from services.teacher.engine.overlay import overlay_with_scale
 
     engine = InteractionEngine.from_pretrained(model_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -39,7 +40,7 @@ def run_demo(model_dir: str, out: Path, *, n_images: int = 8, progress=None) -> 
         name = f"{i:02d}-{sample.cls}-on-{sample.background}"
         big = image.resize((image.width * VIEW_SCALE, image.height * VIEW_SCALE), Image.Resampling.NEAREST)
         big.save(out / f"{name}.png")
-        overlay(big, result.map).save(out / f"{name}-map.png")
+        overlay_with_scale(big, result.map).save(out / f"{name}-map.png")
         np.save(out / f"{name}-map.npy", result.map)
         rows.append({"image": name, "truth": f"{sample.cls} on {sample.background}", "answer": result.answer,
                      "status": result.answer_status.value, "degenerate": result.degenerate,
@@ -48,4 +49,23 @@ def run_demo(model_dir: str, out: Path, *, n_images: int = 8, progress=None) -> 
         if progress is not None:
             progress()
     (out / "results.json").write_text(json.dumps(rows, indent=2))
+    (out / "index.html").write_text(index_html(rows))
     return rows
+
+
+def index_html(rows: list[dict]) -> str:
+    """One page with every image beside its overlay and colour bar, and what the teacher said."""
+    cells = []
+    for row in rows:
+        name = html.escape(row["image"], quote=True)
+        cells.append(
+            f'<figure><img src="{name}.png" alt="{name}"><img src="{name}-map.png" alt="{name} map">'
+            f'<figcaption>{html.escape(row["truth"])} · answer {html.escape(str(row["answer"]))} · '
+            f'{100 * row["mass_on_shape"]:.0f} % of the map on the shape ({100 * row["shape_area"]:.0f} % of '
+            f'the image)</figcaption></figure>')
+    return ("<!doctype html><meta charset='utf-8'><title>lfi teacher demo</title>"
+            "<style>body{font:14px system-ui,sans-serif;margin:1rem}figure{margin:0 0 1rem}"
+            "img{image-rendering:pixelated;margin-right:8px;vertical-align:top}</style>"
+            "<h1>Where the teacher looks</h1><p>Each map over its image: low values are transparent, "
+            "colour and opacity grow with the map's value (scale beside each map, 0 to its peak).</p>"
+            + "\n".join(cells))

@@ -56,3 +56,10 @@ def test_device_and_dtype_default_to_auto_and_the_system_prompt_is_an_option(ser
     assert config.extraction.system_prompt == "none"
     bad = CliRunner().invoke(teacher_app, ["serve", "--system-prompt", "vicuna"])
     assert bad.exit_code == 2 and "system_prompt must be one of llava, none" in " ".join(bad.output.split())
+
+
+def test_the_grace_period_at_shutdown_is_a_setting_handed_to_uvicorn(served, monkeypatch):
+    assert served()["timeout_graceful_shutdown"] == TeacherSettings.defaults().graceful_shutdown_s == 5
+    monkeypatch.setenv("LFI_TEACHER_GRACEFUL_SHUTDOWN_S", "2")
+    assert served()["timeout_graceful_shutdown"] == 2
+    assert served("--graceful-shutdown-s", "0.5")["timeout_graceful_shutdown"] == 0.5
