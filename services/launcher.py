@@ -271,6 +271,12 @@ def _start_services(stack: Stack, host: str, teacher_port: int, dashboard_port: 
                 lambda s: _http_ok(f"http://{host}:{dashboard_port}/healthz"))
 
 
+# The paper's setting, the one where the teacher shows (README, "What the teacher buys the student"): the
+# shipped pretrained backbone frozen, only the head (ViT) or the interaction queries, gates and head (I-ViT)
+# trained; the I-ViT aligned on every patch row.
+DEMO_RECIPE = {"init": "builtin:vit-tiny-synth", "batch_size": 32, "lr": 1e-3, "align_rows": "each"}
+
+
 def _queue_demo(settings: Settings, data_root: Path, epochs: int, size: int, redis_url: str) -> list[str]:
     from shared.celery_config import make_celery
     from shared.job_spec import JobSpec
@@ -286,9 +292,8 @@ def _queue_demo(settings: Settings, data_root: Path, epochs: int, size: int, red
     celery = make_celery(settings.model_copy(update={"redis_url": redis_url}))
     ids = []
     for student in ("vit", "ivit"):
-        spec = JobSpec(dataset="synth", model="vit-tiny", student=student, epochs=epochs, batch_size=32, lr=1e-3,
-                       eval_domains=["shifted"], team="demo" if settings.teams_file is None else "default",
-                       checkpoint_every=20)
+        spec = JobSpec(dataset="synth", model="vit-tiny", student=student, epochs=epochs, eval_domains=["shifted"],
+                       team="demo" if settings.teams_file is None else "default", checkpoint_every=20, **DEMO_RECIPE)
         ids.append(submit_job(store, celery, spec, data_root)["id"])
         console.print(f"queued {student} job {ids[-1]}")
     return ids

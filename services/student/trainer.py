@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from services.student.alignment import alignment_loss
+from services.student.backbones import resolve_init
 from services.student.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from services.student.data import DatasetSplits, ImageSet
 from services.student.loader import MAP_COUNTS, BatchBuilder, Prefetcher, denormalise
@@ -114,11 +115,12 @@ class Trainer:
         torch.manual_seed(spec.seed)
         random.seed(spec.seed)
         np.random.seed(spec.seed)
+        init = resolve_init(spec.init)  # builtin:<name> -> the shipped backbone's folder
         self.model: IViTForImageClassification = build_student(
-            spec.model, len(data.classes), config.mode, init=spec.init, align_rows=spec.align_rows)
-        if spec.init != "scratch":
+            spec.model, len(data.classes), config.mode, init=init, align_rows=spec.align_rows)
+        if init != "scratch" and spec.freeze:
             freeze_original(self.model)
-        self.normalisation = normalisation_for(spec.init)  # what the init checkpoint's layers were trained on
+        self.normalisation = normalisation_for(init)  # what the init checkpoint's layers were trained on
         layers = self.model.config.num_hidden_layers
         if spec.align_layers and max(spec.align_layers) >= layers:
             raise ValueError(f"align_layers {spec.align_layers} out of range: {spec.model} has {layers} layers")
@@ -192,7 +194,8 @@ class Trainer:
                 rows = out.alignment if not spec.align_layers else \
                     [out.alignment[i] for i in sorted(set(spec.align_layers))]
                 align = alignment_loss(rows, batch.maps.to(self.device), batch.map_valid.to(self.device),
-                                       direction=spec.kl_direction, heads=spec.align_heads,
+                                       direction=spec.kl_direction,
+                                       heads="each" if spec.align_rows == "each" else spec.align_heads,
                                        smoothing=spec.kl_smoothing)
             loss = task + spec.align_weight * align
         self.optimizer.zero_grad(set_to_none=True)

@@ -42,3 +42,22 @@ def test_an_unreadable_eval_domain_is_the_dataset_field(tmp_path, monkeypatch):
 def test_a_readable_dataset_passes(tmp_path):
     (tmp_path / "synth" / "shifted").mkdir(parents=True)
     assert check_spec(JobSpec(dataset="synth", eval_domains=["shifted"]), tmp_path) == (tmp_path / "synth").resolve()
+
+
+def test_a_shipped_backbone_is_a_valid_init_and_is_frozen_by_default(tmp_path):
+    (tmp_path / "synth" / "train").mkdir(parents=True)
+    spec = JobSpec(dataset="synth", init="builtin:vit-tiny-synth")
+    assert spec.freeze is True and check_spec(spec, tmp_path) == (tmp_path / "synth").resolve()
+    assert JobSpec(dataset="synth", init="builtin:vit-tiny-synth", freeze=False).freeze is False
+
+
+def test_an_unknown_builtin_init_names_the_field_and_the_choices():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        JobSpec(dataset="synth", init="builtin:vit-huge")
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("init",) and "builtin:vit-tiny-synth" in error["msg"] and "scratch" in error["msg"]
+    with pytest.raises(ValidationError) as caught:
+        JobSpec(dataset="synth", freeze="maybe")
+    assert caught.value.errors()[0]["loc"] == ("freeze",)
