@@ -98,10 +98,15 @@ class JobSpec(BaseModel):
 
     @field_validator("init")
     @classmethod
-    def _known_builtin(cls, init: str) -> str:
-        if init.startswith(BUILTIN_PREFIX) and init[len(BUILTIN_PREFIX):] not in PRETRAINED_BACKBONES:
+    def _known_builtin(cls, init: str, info: ValidationInfo) -> str:
+        if not init.startswith(BUILTIN_PREFIX):
+            return init
+        if init[len(BUILTIN_PREFIX):] not in PRETRAINED_BACKBONES:
             raise ValueError(f"unknown built-in backbone {init!r}; choose one of {' | '.join(INIT_CHOICES)}, "
                              "or a pretrained ViT hub id or folder")
+        if info.data.get("task") == "detection":
+            raise ValueError(f"{init} is a ViT for classification; a detection job takes scratch or a DETR "
+                             "checkpoint")
         return init
 
     @field_validator("eval_domains")

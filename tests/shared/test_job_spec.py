@@ -61,3 +61,6 @@ def test_an_unknown_builtin_init_names_the_field_and_the_choices():
     with pytest.raises(ValidationError) as caught:
         JobSpec(dataset="synth", freeze="maybe")
     assert caught.value.errors()[0]["loc"] == ("freeze",)
+    with pytest.raises(ValidationError) as caught:
+        JobSpec(dataset="synth", task="detection", init="builtin:vit-tiny-synth")
+    assert caught.value.errors()[0]["loc"] == ("init",) and "classification" in caught.value.errors()[0]["msg"]
