@@ -11,11 +11,13 @@ import typer
 from services.dashboard.cli import dashboard
 from services.student.data_cli import data_app
 from services.student.jobs_cli import train, worker
+from services.student.pretrain_cli import student_app
 from services.teacher.cli import teacher_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="lfi: learning from VLM interactions.")
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(data_app, name="data")
+app.add_typer(student_app, name="student")
 app.command("worker")(worker)
 app.command("train")(train)
 app.command("dashboard")(dashboard)

@@ -271,6 +271,13 @@ def _start_services(stack: Stack, host: str, teacher_port: int, dashboard_port: 
                 lambda s: _http_ok(f"http://{host}:{dashboard_port}/healthz"))
 
 
+# The frozen setting where the teacher shows (README, "What the teacher buys the student"): the shipped
+# pretrained backbone frozen, the ViT training its head, the I-ViT its head and the query projections whose
+# attention, in every row of every layer, is aligned with the teacher's map (the strongest variant found).
+DEMO_RECIPE = {"init": "builtin:vit-tiny-synth", "batch_size": 32, "lr": 1e-2}
+DEMO_IVIT = {"ablation": "constraint-on-original", "align_rows": "each", "align_weight": 20.0}
+
+
 def _queue_demo(settings: Settings, data_root: Path, epochs: int, size: int, redis_url: str) -> list[str]:
     from datetime import UTC, datetime
 
@@ -289,9 +296,9 @@ def _queue_demo(settings: Settings, data_root: Path, epochs: int, size: int, red
     ids = []
     group = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"  # one label for the pair: the jobs page compares it by default
     for student in ("vit", "ivit"):
-        spec = JobSpec(dataset="synth", model="vit-tiny", student=student, epochs=epochs, batch_size=32, lr=1e-3,
-                       eval_domains=["shifted"], team="demo" if settings.teams_file is None else "default",
-                       checkpoint_every=20, group=group)
+        spec = JobSpec(dataset="synth", model="vit-tiny", student=student, epochs=epochs, eval_domains=["shifted"],
+                       team="demo" if settings.teams_file is None else "default", checkpoint_every=20, group=group,
+                       **DEMO_RECIPE, **(DEMO_IVIT if student == "ivit" else {}))
         ids.append(submit_job(store, celery, spec, data_root)["id"])
         console.print(f"queued {student} job {ids[-1]}")
     return ids

@@ -18,9 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from shared.coco import CocoFormatError, check_coco_layout
 from shared.errors import InvalidField
 from shared.student_names import (
+    BUILTIN_PREFIX,
     DETECTION_STUDENT_KINDS,
     DETECTOR_NAMES,
+    INIT_CHOICES,
     MODEL_DEPTHS,
+    PRETRAINED_BACKBONES,
     AblationName,
     AlignHeadsName,
     AlignRowsName,
@@ -43,7 +46,10 @@ class JobSpec(BaseModel):
     model: Literal[ModelName, DetectorName] = "vit-tiny"  # one flat Literal: an error names `model`, not a union arm
     student: Literal[StudentKind, DetectionStudentKind] = "ivit"
     ablation: AblationName = "none"
-    init: str = Field("scratch", max_length=500, description="'scratch', or a pretrained ViT hub id or folder.")
+    init: str = Field("scratch", max_length=500, description="'scratch', a shipped backbone (builtin:vit-tiny-synth), "
+                                                            "or a pretrained ViT hub id or folder.")
+    freeze: bool = Field(True, description="With a pretrained init: train only the interaction queries, gates and "
+                                           "head (paper §5). false: fine-tune every weight. Ignored from scratch.")
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=4096)
     lr: float = Field(5e-4, gt=0, le=1.0)
@@ -55,8 +61,8 @@ class JobSpec(BaseModel):
     weight_decay: float = Field(0.05, ge=0, le=10, description="AdamW weight decay.")
     warmup_steps: int | None = Field(None, ge=0, le=10_000_000,
                                      description="Linear warmup steps before the cosine decay (default: 5% of all).")
-    align_rows: AlignRowsName = Field("cls", description="Which C_AGT rows meet C_VLM: the CLS row, or the mean "
-                                                         "of the patch rows.")
+    align_rows: AlignRowsName = Field("cls", description="Which C_AGT rows meet C_VLM: the CLS row, the mean of the "
+                                                         "patch rows, or each patch row (heads averaged per row).")
     align_heads: AlignHeadsName = Field("mean", description="Align the heads' mean attention, or every head.")
     kl_direction: KLDirectionName = Field("target-first", description="target-first: KL(C_VLM || C_AGT); "
                                           "model-first (the paper's): KL(C_AGT || C_VLM), needs kl_smoothing > 0.")
@@ -92,6 +98,19 @@ class JobSpec(BaseModel):
         if not detection and value in names:
             raise ValueError(f"{info.field_name} {value!r} is for detection: set task: detection")
         return value
+
+    @field_validator("init")
+    @classmethod
+    def _known_builtin(cls, init: str, info: ValidationInfo) -> str:
+        if not init.startswith(BUILTIN_PREFIX):
+            return init
+        if init[len(BUILTIN_PREFIX):] not in PRETRAINED_BACKBONES:
+            raise ValueError(f"unknown built-in backbone {init!r}; choose one of {' | '.join(INIT_CHOICES)}, "
+                             "or a pretrained ViT hub id or folder")
+        if info.data.get("task") == "detection":
+            raise ValueError(f"{init} is a ViT for classification; a detection job takes scratch or a DETR "
+                             "checkpoint")
+        return init
 
     @field_validator("eval_domains")
     @classmethod

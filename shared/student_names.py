@@ -12,12 +12,17 @@ from typing import Literal, get_args
 ModelName = Literal["vit-tiny", "vit-s16", "vit-b16", "vit-l16"]
 StudentKind = Literal["vit", "ivit"]  # the plain ViT baseline, or the I-ViT
 AblationName = Literal["none", "no-constraint", "constraint-on-original", "no-gate"]  # paper Table 3
-AlignRowsName = Literal["cls", "mean"]  # which C_AGT rows meet C_VLM
+AlignRowsName = Literal["cls", "mean", "each"]  # which C_AGT rows meet C_VLM (docs/method.md)
 AlignHeadsName = Literal["mean", "each"]
 KLDirectionName = Literal["target-first", "model-first"]
 # Encoder layers per geometry, so a spec's align_layers is checked when it is queued; the student's
 # MODEL_SIZES must agree (services/student/model_config.py refuses to import otherwise).
 MODEL_DEPTHS: dict[ModelName, int] = {"vit-tiny": 4, "vit-s16": 12, "vit-b16": 12, "vit-l16": 24}
+# Pretrained backbones shipped with the student (services/student/pretrained/<name>/), named in a job
+# spec as `init: builtin:<name>`; the student's resolver refuses to import if its folders differ.
+BUILTIN_PREFIX = "builtin:"
+PRETRAINED_BACKBONES: tuple[str, ...] = ("vit-tiny-synth",)
+INIT_CHOICES: tuple[str, ...] = ("scratch", *(BUILTIN_PREFIX + name for name in PRETRAINED_BACKBONES))
 
 MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
 STUDENT_KINDS: tuple[StudentKind, ...] = get_args(StudentKind)

@@ -33,7 +33,9 @@ _JOBS = """<main>
   <option value="detr">DETR</option></select></label>
  <label>ablation <select name="ablation"><option>none</option><option>no-constraint</option>
   <option>constraint-on-original</option><option>no-gate</option></select></label>
- <label>init <input name="init" value="scratch"></label>
+ <label>init <input name="init" value="scratch" list="init-choices"
+  title="scratch, a shipped backbone (builtin:...), or a pretrained ViT hub id or folder"></label>
+ <datalist id="init-choices"><option value="scratch"><option value="builtin:vit-tiny-synth"></datalist>
  <label>epochs <input name="epochs" type="number" value="5"></label>
  <label>batch size <input name="batch_size" type="number" value="32"></label>
  <label>learning rate <input name="lr" value="0.0005"></label>
@@ -50,12 +52,14 @@ _JOBS = """<main>
  <label>align weight <input name="align_weight" value="1.0"></label>
  <label>aligned layers <input name="align_layers" placeholder="all, or e.g. 0,3"></label>
  <label>aligned rows <select name="align_rows"><option value="cls">CLS row</option>
-  <option value="mean">mean of patch rows</option></select></label>
+  <option value="mean">mean of patch rows</option><option value="each">each patch row</option></select></label>
  <label>aligned heads <select name="align_heads"><option>mean</option><option>each</option></select></label>
  <label>KL direction <select name="kl_direction"><option>target-first</option>
   <option value="model-first">model-first (paper)</option></select></label>
  <label>KL smoothing <input name="kl_smoothing" value="0"></label>
  <label>min crop mass <input name="min_crop_mass" value="0.25"></label>
+ <label>pretrained layers <select name="freeze"><option value="true">frozen (paper)</option>
+  <option value="false">fine-tuned</option></select></label>
  </div></details>
  <button type="submit" id="queue">Queue</button>
 </form><div id="form-errors" class="errors"></div></section>

@@ -202,11 +202,15 @@ def _image_log_probs(logits: torch.Tensor, rows: AlignRows) -> torch.Tensor:
     """Attention over the image patches only (the CLS column dropped, renormalised), as log-probabilities.
 
     `cls`: the CLS query row, the token the classifier reads (B, H, P). `mean`: the patch rows'
-    distributions averaged, then logged.
+    distributions averaged, then logged (B, H, P). `each`: every patch row, its heads averaged (B, R, P):
+    the loss then meets each row with C_VLM (the trainer aligns them as it aligns `each` head), so every
+    token gathers from where the teacher looks, not only the CLS token.
     """
     patch_logits = logits[..., 1:].float()
     if rows == "cls" or patch_logits.shape[2] == 1:
         return patch_logits[:, :, 0].log_softmax(dim=-1)
+    if rows == "each":
+        return patch_logits[:, :, 1:].softmax(dim=-1).mean(dim=1).clamp_min(1e-30).log()
     probs = patch_logits[:, :, 1:].softmax(dim=-1).mean(dim=2)
     return probs.clamp_min(1e-30).log()
 
@@ -214,7 +218,7 @@ def _image_log_probs(logits: torch.Tensor, rows: AlignRows) -> torch.Tensor:
 @dataclass
 class IViTOutput:
     logits: torch.Tensor
-    alignment: list[torch.Tensor]  # per constrained layer: (B, H, P) log-probabilities over patches
+    alignment: list[torch.Tensor]  # per constrained layer: (B, H, P) log-probabilities over patches ((B, R, P): `each`)
     gates: list[torch.Tensor | None]  # per layer: mean [g1, g2] of this forward, or None
     cls_rows: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per layer, when asked: see _cls_rows
 

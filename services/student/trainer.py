@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from services.student.alignment import alignment_loss
+from services.student.backbones import resolve_init
 from services.student.data import DatasetSplits, ImageSet
 from services.student.loader import MAP_COUNTS, Batch, BatchBuilder, denormalise
 from services.student.maps import MapSource
@@ -62,11 +63,12 @@ class Trainer(TrainingLoop):
         super().__init__(config, run_dir, progress, should_stop)  # seeds every generator, picks the device
         self.data = data
         spec = config.spec
+        init = resolve_init(spec.init)  # builtin:<name> -> the shipped backbone's folder
         self.model: IViTForImageClassification = build_student(
-            spec.model, len(data.classes), config.mode, init=spec.init, align_rows=spec.align_rows)
-        if spec.init != "scratch":
+            spec.model, len(data.classes), config.mode, init=init, align_rows=spec.align_rows)
+        if init != "scratch" and spec.freeze:
             freeze_original(self.model)
-        self.normalisation = normalisation_for(spec.init)  # what the init checkpoint's layers were trained on
+        self.normalisation = normalisation_for(init)  # what the init checkpoint's layers were trained on
         layers = self.model.config.num_hidden_layers
         if spec.align_layers and max(spec.align_layers) >= layers:
             raise ValueError(f"align_layers {spec.align_layers} out of range: {spec.model} has {layers} layers")
@@ -103,7 +105,8 @@ class Trainer(TrainingLoop):
                 rows = out.alignment if not spec.align_layers else \
                     [out.alignment[i] for i in sorted(set(spec.align_layers))]
                 align = alignment_loss(rows, batch.maps.to(self.device), batch.map_valid.to(self.device),
-                                       direction=spec.kl_direction, heads=spec.align_heads,
+                                       direction=spec.kl_direction,
+                                       heads="each" if spec.align_rows == "each" else spec.align_heads,
                                        smoothing=spec.kl_smoothing)
             loss = task + spec.align_weight * align
         self._optimise(loss)

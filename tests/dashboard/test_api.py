@@ -108,6 +108,7 @@ def test_the_recipe_goes_into_the_queued_spec(dashboard):
     ({"dataset": "synth", "weight_decay": -1}, "weight_decay"),
     ({"dataset": "synth", "warmup_steps": 1.5}, "warmup_steps"),
     ({"dataset": "synth", "min_crop_mass": 2}, "min_crop_mass"),
+    ({"dataset": "synth", "freeze": "maybe"}, "freeze"),
 ])
 def test_an_invalid_spec_is_refused_with_the_field_that_is_wrong(dashboard, body, field):
     server, store = dashboard
@@ -129,6 +130,7 @@ def test_a_dataset_outside_the_data_root_is_refused(dashboard, dataset, message)
 @pytest.mark.parametrize(("body", "field", "message"), [
     ({"dataset": "synth", "init": "../elsewhere"}, "init", "outside the data root"),
     ({"dataset": "synth", "init": "/etc"}, "init", "relative"),
+    ({"dataset": "synth", "init": "builtin:vit-huge"}, "init", "builtin:vit-tiny-synth"),
     ({"dataset": "synth", "map_store": "no-such-store"}, "map_store", "not a folder"),
     ({"dataset": "synth", "map_store": "synth"}, "map_store", "no index.json"),
     ({"dataset": "synth", "eval_domains": ["nope"]}, "eval_domains", "eval domain"),

@@ -67,3 +67,14 @@ def test_the_forms_defaults_are_the_specs_and_its_choices_are_valid():
 
 def test_the_job_page_has_the_map_count_chart():
     assert 'id="map-counts"' in job_page("abc")
+
+
+def test_the_init_field_offers_every_shipped_backbone_and_freeze_is_a_valid_choice():
+    from shared.student_names import INIT_CHOICES
+
+    page = jobs_page()
+    for choice in INIT_CHOICES:
+        assert f'<option value="{choice}">' in page and JobSpec(dataset="x", init=choice).init == choice
+    form = _form()
+    assert form.options["freeze"][0] == "true"  # the first option is the default
+    assert [JobSpec(dataset="x", freeze=c).freeze for c in form.options["freeze"]] == [True, False]

@@ -51,3 +51,25 @@ def test_a_group_labels_jobs_queued_together_and_is_a_plain_label():
     for bad in ("", "two words", "../up", "-leading", "x" * 65, "<script>"):
         with pytest.raises(ValidationError, match="group"):
             JobSpec(dataset="synth", group=bad)
+
+
+def test_a_shipped_backbone_is_a_valid_init_and_is_frozen_by_default(tmp_path):
+    (tmp_path / "synth" / "train").mkdir(parents=True)
+    spec = JobSpec(dataset="synth", init="builtin:vit-tiny-synth")
+    assert spec.freeze is True and check_spec(spec, tmp_path) == (tmp_path / "synth").resolve()
+    assert JobSpec(dataset="synth", init="builtin:vit-tiny-synth", freeze=False).freeze is False
+
+
+def test_an_unknown_builtin_init_names_the_field_and_the_choices():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        JobSpec(dataset="synth", init="builtin:vit-huge")
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("init",) and "builtin:vit-tiny-synth" in error["msg"] and "scratch" in error["msg"]
+    with pytest.raises(ValidationError) as caught:
+        JobSpec(dataset="synth", freeze="maybe")
+    assert caught.value.errors()[0]["loc"] == ("freeze",)
+    with pytest.raises(ValidationError) as caught:
+        JobSpec(dataset="synth", task="detection", init="builtin:vit-tiny-synth")
+    assert caught.value.errors()[0]["loc"] == ("init",) and "classification" in caught.value.errors()[0]["msg"]

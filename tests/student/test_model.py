@@ -136,6 +136,20 @@ def test_mean_rows_alignment_is_a_distribution_over_patches():
     assert all(torch.allclose(a.exp().sum(-1), torch.ones(2, 3), atol=1e-5) for a in out.alignment)
 
 
+def test_each_row_alignment_is_one_distribution_per_patch_row_and_its_mean_is_the_mean_rows():
+    torch.manual_seed(0)
+    each = build_student("vit-tiny", 4, "full", align_rows="each")
+    mean = build_student("vit-tiny", 4, "full", align_rows="mean")
+    mean.load_state_dict(each.state_dict())
+    pixels = torch.randn(2, 3, 64, 64)
+    rows, averaged = each.forward_interactions(pixels).alignment, mean.forward_interactions(pixels).alignment
+    assert all(a.shape == (2, 64, 64) and torch.allclose(a.exp().sum(-1), torch.ones(2, 64), atol=1e-5)
+               for a in rows)
+    # the rows' distributions averaged over rows equal the mean-rows target averaged over heads
+    for a, b in zip(rows, averaged, strict=True):
+        assert torch.allclose(a.exp().mean(dim=1), b.exp().mean(dim=1), atol=1e-6)
+
+
 def test_the_hf_forward_and_forward_interactions_give_the_same_logits():
     model = build_student("vit-tiny", 4, "full").eval()
     pixels = torch.randn(2, 3, 64, 64)

@@ -125,3 +125,26 @@ def test_the_config_takes_the_specs_defaults_and_validates_overrides_like_the_sp
         TrainConfig.from_spec(spec, ablation="no-such-ablation")
     with pytest.raises(TypeError):
         TrainConfig.from_spec(spec, no_such_field=1)
+
+
+def test_the_shipped_backbone_is_an_init_whose_layers_stay_frozen(synth_small, tmp_path):
+    from services.student.backbones import PRETRAINED_DIR
+
+    trainer = _trainer(synth_small, tmp_path / "run", init="builtin:vit-tiny-synth", epochs=1)
+    shipped = dict(ViTForImageClassification.from_pretrained(PRETRAINED_DIR / "vit-tiny-synth").named_parameters())
+    trainer.run()
+    params = dict(trainer.model.named_parameters())
+    frozen = [n for n, p in params.items() if not p.requires_grad]
+    assert frozen and all(torch.equal(params[n], shipped[n]) for n in frozen)
+    assert {n for n, p in params.items() if p.requires_grad} >= {"classifier.weight", "classifier.bias"}
+
+
+def test_freeze_false_fine_tunes_every_weight_of_a_pretrained_init(synth_small, tmp_path):
+    torch.manual_seed(0)
+    pretrained = tmp_path / "vit"
+    ViTForImageClassification(student_config("vit-tiny", 4, "off")).save_pretrained(pretrained)
+    trainer = _trainer(synth_small, tmp_path / "run", init=str(pretrained), epochs=1, freeze=False)
+    assert all(p.requires_grad for p in trainer.model.parameters())
+    before = trainer.model.vit.embeddings.patch_embeddings.projection.weight.detach().clone()
+    trainer.run()
+    assert not torch.equal(before, trainer.model.vit.embeddings.patch_embeddings.projection.weight)
