@@ -1,4 +1,4 @@
-"""What the effect benchmarks share (detr_effect.py; lfi_effect.py can use it too): variants, the seed loop, the table.
+"""What the effect benchmarks share (lfi_effect.py, detr_effect.py): variants, the seed loop, the table.
 
 A variant is `name[:key=value,...]`: a student name and job spec or trainer config overrides (`align_layers=0+1`
 is a list). Each variant is trained once per seed; a run is a dict with `seed`, `history` (one dict per epoch,

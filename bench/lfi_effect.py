@@ -38,7 +38,6 @@ best `val` (mean over its seeds).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -49,6 +48,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._seeds import parse_variant, report, run_seeds
+
+VARIANT_NAMES = ("vit", "ivit", "oracle")
 
 
 class PrecomputedMaps:
@@ -81,23 +84,6 @@ def teacher_maps(teacher: str, data, grid: tuple[int, int], batch: int = 32) -> 
             maps[sample.rel] = result.map
             degenerate += result.degenerate
     return maps, {"settings": engine.settings.as_dict(), "degenerate": degenerate / max(1, len(samples))}
-
-
-def parse_variant(text: str) -> tuple[str, str, dict]:
-    name, _, options = text.partition(":")
-    if name not in {"vit", "ivit", "oracle"}:
-        raise SystemExit(f"unknown variant {name!r}: use vit, ivit or oracle")
-    overrides: dict = {}
-    for item in filter(None, options.split(",")):
-        key, _, value = item.partition("=")
-        if key == "align_layers":
-            overrides[key] = [int(v) for v in value.split("+")]
-        else:
-            try:
-                overrides[key] = json.loads(value)
-            except json.JSONDecodeError:
-                overrides[key] = value
-    return text, name, overrides
 
 
 def run_one(name: str, overrides: dict, seed: int, args, data, maps, oracle, run_dir: Path) -> dict:
@@ -144,26 +130,8 @@ def shifted_gain(runs: dict[str, list[dict]], ivit: str, vit: str) -> tuple[floa
     return statistics.mean(gaps), statistics.stdev(gaps) if len(gaps) > 1 else 0.0
 
 
-def summarise(runs: dict[str, list[dict]], baseline: str) -> list[dict]:
-    target = best_val(runs, baseline)
-    rows = []
-    for variant, seeds in runs.items():
-        final_val = [run["history"][-1]["val"] for run in seeds]
-        final_shift = [run["history"][-1]["shifted"] for run in seeds]
-        reach = [next((h["epoch"] for h in run["history"] if h["val"] >= target - 1e-9), None) for run in seeds]
-        rows.append({"variant": variant, "val": final_val, "shifted": final_shift, "epochs_to_target": reach,
-                     "target": target, "seconds": statistics.mean(run["seconds"] for run in seeds)})
-    return rows
-
-
-def _pm(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
-
-
 def main() -> None:
     from rich.console import Console
-    from rich.table import Table
 
     from services.student.data import discover
     from services.student.maps import MaskMaps
@@ -191,7 +159,7 @@ def main() -> None:
     args.variants = args.variants or SETTINGS[args.setting]["variants"]
 
     console = Console(width=None if sys.stdout.isatty() else 150)  # the table whole in a log file
-    variants = [parse_variant(v) for v in args.variants]
+    variants = [parse_variant(v, VARIANT_NAMES) for v in args.variants]
     seeds = [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory(prefix="lfi-effect-") as tmp:
         root = Path(tmp) / "synth"
@@ -203,33 +171,17 @@ def main() -> None:
         if any(name == "ivit" for _, name, _ in variants):
             maps, teacher_info = teacher_maps(args.teacher, data, (8, 8))
         oracle = MaskMaps(root)
-        runs: dict[str, list[dict]] = {}
-        for label, name, overrides in variants:
-            for seed in seeds:
-                with console.status(f"{label} seed {seed}"):
-                    run = run_one(name, overrides, seed, args, data, maps, oracle, Path(tmp) / f"{label}-{seed}")
-                last = run["history"][-1]
-                console.print(f"{label} seed {seed}: val {last['val']:.3f} shifted {last['shifted']:.3f} "
-                              f"({run['seconds']:.0f} s)")
-                runs.setdefault(label, []).append(run)
+        runs = run_seeds(console, variants, seeds,
+                         lambda label, name, overrides, seed: run_one(name, overrides, seed, args, data, maps, oracle,
+                                                                      Path(tmp) / f"{label}-{seed}"),
+                         lambda last: f"val {last['val']:.3f} shifted {last['shifted']:.3f}")
     vit_labels = [label for label, name, _ in variants if name == "vit"]
     ivit_labels = [label for label, name, o in variants if name == "ivit" and o.get("ablation") != "no-constraint"]
     baseline = max(vit_labels, key=lambda label: best_val(runs, label)) if vit_labels else variants[0][0]
-    rows = summarise(runs, baseline)
-    table = Table(title=f"{args.setting} (init {args.init}), {args.epochs} epochs, {4 * args.train_per_class} "
-                        f"train images, correlation {args.correlation}, lr {args.lr}, seeds {args.seeds}; "
-                        "top-1 % mean ± std")
-    for column in ("variant", "in-domain val", "shifted", f"epochs to {baseline}'s best val", "s / run"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        reach = ", ".join("-" if r is None else str(r) for r in row["epochs_to_target"])
-        table.add_row(row["variant"], _pm(row["val"]), _pm(row["shifted"]),
-                      f"{reach} (target {100 * row['target']:.1f})", f"{row['seconds']:.0f}")
-    console.print(table)
-    console.print(f"teacher {args.teacher}: {json.dumps(teacher_info)}")
-    if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "teacher": teacher_info,
-                                         "summary": rows, "runs": runs}, indent=2, default=str))
+    title = (f"{args.setting} (init {args.init}), {args.epochs} epochs, {4 * args.train_per_class} train images, "
+             f"correlation {args.correlation}, lr {args.lr}, seeds {args.seeds}; top-1 % mean ± std")
+    report(console, args, runs, baseline=baseline, title=title, columns={"val": "in-domain val", "shifted": "shifted"},
+           teacher_info=teacher_info)
     best_vit, best_ivit = best_variant(runs, vit_labels), best_variant(runs, ivit_labels)
     if best_vit and best_ivit:
         gain, spread = shifted_gain(runs, best_ivit, best_vit)
