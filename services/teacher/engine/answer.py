@@ -148,7 +148,11 @@ def _trie_depth(node: TokenTrie) -> int:
 
 
 class Answerer(Protocol):
-    """Writes the answers of a batch: the new token ids of each sequence, trimmed by `trim_generated`."""
+    """Writes the answers of a batch: the new token ids of each sequence, trimmed by `trim_generated`.
+
+    One with `captures_while_decoding = True` runs the model in this process and also takes
+    `feed_last` (decoding.FeedLast), so `capture="decode"` can ride along.
+    """
 
     name: str
 
