@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from services.teacher.engine.prompts import PromptTemplate
 
@@ -99,54 +98,6 @@ def plan_answer(
     return AnswerPlan(base, len(base), template, question=chat_text)
 
 
-class VocabularyConstraint(LogitsProcessor):
-    """Masks every token outside the trie while a row is still choosing its foreground word."""
-
-    def __init__(self, plans: Sequence[AnswerPlan], prompt_len: int) -> None:
-        self.plans = plans
-        self.prompt_len = prompt_len
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for row, plan in enumerate(self.plans):
-            if plan.trie is None:
-                continue
-            node, _ = plan.trie.walk(input_ids[row, self.prompt_len:].tolist())
-            if node is not None:
-                allowed = torch.tensor(list(node.children), device=scores.device)
-                keep = scores[row, allowed].clone()
-                scores[row].fill_(float("-inf"))
-                scores[row, allowed] = keep
-        return scores
-
-
-class StopAtCharacters(StoppingCriteria):
-    """Ends a row once its free part holds a stop character or reaches the template's token budget.
-
-    Per-row budgets keep a row's answer independent of what else is in its batch.
-    """
-
-    def __init__(self, plans: Sequence[AnswerPlan], prompt_len: int, tokenizer, lag: int = 0) -> None:
-        self.plans = plans
-        self.prompt_len = prompt_len
-        self.tokenizer = tokenizer
-        # lag 1: a row stops one token late, so its last answer token is fed back in and its own
-        # attention row is computed (decode capture needs it; the extra token is trimmed off).
-        self.lag = lag
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        end = input_ids.shape[1] - self.lag
-        for row, plan in enumerate(self.plans):
-            generated = input_ids[row, self.prompt_len:end].tolist()
-            free = free_part(plan, generated)
-            if len(free) >= plan.template.max_new_tokens:
-                done[row] = True
-            elif plan.template.stop_chars and free:
-                text = self.tokenizer.decode(free)
-                done[row] = any(c in text for c in plan.template.stop_chars)
-        return done
-
-
 def free_part(plan: AnswerPlan, generated: Sequence[int]) -> list[int]:
     if plan.trie is None:
         return list(generated)
@@ -197,42 +148,13 @@ def _trie_depth(node: TokenTrie) -> int:
 
 
 class Answerer(Protocol):
-    """Writes the answers of a batch: the new token ids of each sequence, trimmed by `trim_generated`."""
+    """Writes the answers of a batch: the new token ids of each sequence, trimmed by `trim_generated`.
+
+    One with `captures_while_decoding = True` runs the model in this process and also takes
+    `feed_last` (decoding.FeedLast), so `capture="decode"` can ride along.
+    """
 
     name: str
 
     def generate(self, plans: Sequence[AnswerPlan], batch: dict[str, torch.Tensor],
                  images: Sequence | None = None) -> list[list[int]]: ...
-
-
-class TransformersAnswerer:
-    """Greedy answers with `model.generate` on left-padded batches.
-
-    It runs the model in this process, so the attention capture can ride along inside its prefill
-    and decoding steps (`capture="decode"`); `extra_step` makes each row stop one token late, so
-    the last answer token's own row is computed too.
-    """
-
-    name = "transformers"
-    captures_while_decoding = True
-
-    def __init__(self, model, tokenizer) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-
-    @torch.no_grad()
-    def generate(self, plans: Sequence[AnswerPlan], batch: dict[str, torch.Tensor], images=None,
-                 extra_step: bool = False) -> list[list[int]]:
-        prompt_len = batch["input_ids"].shape[1]
-        lag = 1 if extra_step else 0
-        output = self.model.generate(
-            **batch,
-            do_sample=False,
-            max_new_tokens=max_new_tokens(plans) + lag,
-            logits_processor=LogitsProcessorList([VocabularyConstraint(plans, prompt_len)]),
-            stopping_criteria=StoppingCriteriaList([StopAtCharacters(plans, prompt_len, self.tokenizer, lag)]),
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-        )
-        return [trim_generated(plan, output[row, prompt_len:].tolist(), self.tokenizer)
-                for row, plan in enumerate(plans)]

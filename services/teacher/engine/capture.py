@@ -80,7 +80,7 @@ class CaptureSession:
 
 @dataclass
 class DecodeCaptureSession:
-    """What `generate` should capture while it writes the answer: no second pass over the sequence.
+    """What the answer's decoding should capture while it writes the answer: no second pass over the sequence.
 
     During generation only the query rows are kept (no kernels in the decoding steps beyond the
     model's own): the prefill's last `prefill_rows` positions of the left-padded prompt (the forced
@@ -248,6 +248,6 @@ def capturing(model: torch.nn.Module, rows: torch.Tensor, cols: torch.Tensor, *,
 def decode_capturing(model: torch.nn.Module, cols: torch.Tensor, prefill_rows: int, prompt_mask: torch.Tensor, *,
                      layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
                      head_reduce: str = "mean"):
-    """Activate decode capture for the `generate` call inside the block."""
+    """Activate decode capture for the answer decoding inside the block (decoding.TransformersAnswerer)."""
     target = _target(model, cols, layers, heads, head_reduce)
     return _active(DecodeCaptureSession(target, prefill_rows, prompt_mask))

@@ -22,7 +22,8 @@ from typing import Literal
 
 from PIL import Image
 
-from services.teacher.engine.answer import Answerer, TransformersAnswerer
+from services.teacher.engine.answer import Answerer
+from services.teacher.engine.decoding import TransformersAnswerer
 from services.teacher.engine.encoding import BatchEncoder
 from services.teacher.engine.extraction_settings import (
     EXTRACTION_FILE,

@@ -1,9 +1,10 @@
 """What a chunk of runs goes through: the answer (what the VLM says) and the capture (where its words look).
 
 Two ways (`capture=` on the engine):
-- "decode": one pass. The capture kernel rides along inside `generate`: the prefill keeps the
-  rows of the prompt's tail (the forced answer and the row that predicts the first new token),
-  each decoding step the row of the token fed back in. `decode_step`.
+- "decode": one pass. The capture kernel rides along inside the answer's decoding
+  (decoding.TransformersAnswerer): the prefill keeps the rows of the prompt's tail (the forced
+  answer and the row that predicts the first new token), each decoding step the row of the token
+  fed back in. `decode_step`.
 - "second-pass": `answer_step` generates, then `capture_step` runs a teacher-forced forward over
   prompt + answer. Kept for checking: both give the same maps (tests/teacher/engine/test_decode.py).
 A run whose whole answer is forced needs no generation: `forced_step`, one forward.
@@ -49,18 +50,25 @@ def read_answers(runs: Sequence[Run], generated: Sequence[list[int]], tokenizer)
 @torch.no_grad()
 def decode_step(runs: Sequence[Run], answerer: Answerer, encoder: BatchEncoder, model: torch.nn.Module,
                 settings: ExtractionSettings, layers: list[int]) -> None:
-    """Answer and capture in one pass: the rows are kept while `generate` computes them anyway."""
+    """Answer and capture in one pass: the rows are kept while the answer's decoding computes them anyway."""
     images = [r.image for r in runs]
     batch = encoder.encode([encoder.expand(r.plan.prompt_ids) for r in runs], images)
     length = batch["input_ids"].shape[1]
     forced = [len(r.plan.prompt_ids) - r.plan.answer_start for r in runs]  # answer tokens inside the prompt
     cols = torch.stack([(ids == encoder.image_token_id).nonzero().squeeze(1) for ids in batch["input_ids"]])
     word_rows = settings.rows == "word"
+
+    def feed_last(generated: list[list[int]], unfed: list[bool]) -> bool:
+        # A word's own row exists once the word is fed back in: one step more only where a row's
+        # last answer token is one of its words' and was never fed (it ended the decoding).
+        read_answers(runs, generated, encoder.tokenizer)
+        return word_rows and any(
+            last and (n_forced + len(run.generated) - 1) in (run.fore_rows + run.back_rows)
+            for run, n_forced, last in zip(runs, forced, unfed, strict=True))
+
     with decode_capturing(model, cols, max(forced) + 1, batch["attention_mask"], layers=layers,
                           heads=settings.heads, head_reduce=settings.head_reduce) as session:
-        # A word's own row exists once the word is fed back in: the last word needs one step more.
-        generated = answerer.generate([r.plan for r in runs], batch, images=images, extra_step=word_rows)
-    read_answers(runs, generated, encoder.tokenizer)
+        answerer.generate([r.plan for r in runs], batch, images=images, feed_last=feed_last)
     captured = torch.stack([session.rows(layer) for layer in layers], dim=0).cpu().numpy()  # (L, B, R, N)
     shift = 0 if word_rows else 1
     for b, (run, n_forced) in enumerate(zip(runs, forced, strict=True)):

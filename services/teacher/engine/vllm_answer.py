@@ -86,7 +86,7 @@ class VllmAnswerer:
             return {"prompt_token_ids": [*plans[i].prompt_ids, *chosen], "multi_modal_data": {"image": images[i]}}
 
         # The vocabulary choice: one greedy token per step among the trie node's children
-        # (what VocabularyConstraint allows), until every row has completed a word.
+        # (what decoding.TransformersAnswerer allows), until every row has completed a word.
         chosen: list[list[int]] = [[] for _ in plans]
         while True:
             nodes = {i: plan.trie.walk(chosen[i])[0] for i, plan in enumerate(plans) if plan.trie is not None}
