@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,7 +36,7 @@ from shared.job_spec import JobSpec
 Event = dict[str, Any]
 
 
-class SpecConfig:
+class SpecConfig(ABC):
     """What every training config shares: a frozen dataclass of a job spec (`spec`) plus the trainer's own
     settings (`grad_clip`, `step_checkpoints`, `max_steps`, `device`, ...), which a job cannot set."""
 
@@ -56,8 +57,9 @@ class SpecConfig:
         return cls(spec=spec, **own)
 
     @property
+    @abstractmethod
     def mode(self) -> ModeName:
-        raise NotImplementedError
+        """The interaction mode the student is built in (the task's config knows its students)."""
 
     @property
     def aligned(self) -> bool:
@@ -103,7 +105,7 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-class TrainingLoop:
+class TrainingLoop(ABC):
     """The shared loop; a subclass supplies the task (see the module docstring for which methods)."""
 
     log: ClassVar[logging.Logger] = logging.getLogger("lfi.student.trainer")
@@ -138,28 +140,29 @@ class TrainingLoop:
         self._epoch_sums: dict[str, float] = {}
 
     # -- the task's parts ----------------------------------------------------------------------------
+    @abstractmethod
     def train_step(self, batch: Any) -> dict[str, Any]:
         """One optimisation step (via `_optimise`): task_loss, align_loss, seen, gates, and the task's own."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _empty(self, batch: Any) -> bool:
         """Every image of the batch was unreadable: the step is skipped."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _gate_layers(self) -> int:
-        raise NotImplementedError
+        """How many layers report gates (the epoch record's mean gate per layer)."""
 
+    @abstractmethod
     def _epoch_scores(self, losses: dict[str, float], seen: float) -> dict[str, Any]:
         """The record's fields between `epoch` and `gates`: the mean losses and the task's evaluation."""
-        raise NotImplementedError
 
     def _epoch_counts(self) -> dict[str, Any]:
         """Task-specific counts, placed just before `global_step` in the epoch record."""
         return {}
 
+    @abstractmethod
     def _pictures(self) -> dict[str, Any]:
         """A few fixed images drawn with what the model does on them, saved as JSON at each epoch end."""
-        raise NotImplementedError
 
     def _checkpoint_files(self) -> dict[str, str]:
         """Files written into each checkpoint folder besides the weights, state and model config."""
