@@ -44,6 +44,9 @@ def pretrain(
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    if out_dir.exists() and not out_dir.is_dir():
+        console.print(f"[red]error:[/red] {out_dir} is a file; give a folder for the checkpoint")
+        raise typer.Exit(2)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "config.json").exists():
         console.print(f"[red]error:[/red] {out_dir} is not empty and holds no checkpoint; give a new folder")
         raise typer.Exit(2)

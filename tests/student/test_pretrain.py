@@ -71,6 +71,9 @@ def test_the_command_trains_and_refuses_bad_values(tmp_path):
     runner = CliRunner()
     bad = runner.invoke(app, ["student", "pretrain", str(tmp_path / "x"), "--images", "0"])
     assert bad.exit_code == 2 and "images" in bad.output
+    (tmp_path / "a-file").write_text("x")
+    bad = runner.invoke(app, ["student", "pretrain", str(tmp_path / "a-file"), "--images", "64"])
+    assert bad.exit_code == 2 and "give a folder" in bad.output
     ok = runner.invoke(app, ["student", "pretrain", str(tmp_path / "vit"), "--images", "64", "--epochs", "1",
                              "--batch-size", "32", "--eval-images", "16", "--eval-every", "1"])
     assert ok.exit_code == 0, ok.output
